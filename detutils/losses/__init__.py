@@ -1,0 +1,3 @@
+"""Losses of the course's detectors."""
+
+__all__: list[str] = []

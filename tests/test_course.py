@@ -1,0 +1,80 @@
+"""The notebook tooling: course order, student versions, the set-up cell."""
+
+import nbformat
+import pytest
+import torch
+
+from detutils import current_schedule
+from detutils.course import EXERCISE_STUB, course_notebooks, make_exercise, setup
+
+
+def _notebook():
+    nb = nbformat.v4.new_notebook()
+    question = nbformat.v4.new_markdown_cell("**Exercise 1.** What is 2 + 2?")
+    answer = nbformat.v4.new_code_cell("assert 2 + 2 == 4", metadata={"tags": ["solution"]})
+    answer.outputs = [nbformat.v4.new_output("stream", text="done\n")]
+    answer.execution_count = 3
+    other = nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["keep"]})
+    other.execution_count = 4
+    nb.cells = [question, answer, other]
+    return nb
+
+
+def test_exercise_stubs_solutions_and_clears_outputs():
+    nb = _notebook()
+    student = make_exercise(nb)
+    assert student.cells[0].source == nb.cells[0].source  # statements stay
+    assert student.cells[1].source == EXERCISE_STUB
+    assert student.cells[1].metadata["tags"] == []
+    assert student.cells[2].source == "x = 1"  # ordinary code stays
+    assert all(c.outputs == [] and c.execution_count is None for c in student.cells[1:])
+    assert nb.cells[1].source == "assert 2 + 2 == 4"  # the course notebook is untouched
+
+
+def test_course_notebooks_are_in_course_order_and_paired():
+    notebooks = course_notebooks()
+    names = [p.stem for p in notebooks]
+    assert names == sorted(names)
+    assert all(p.with_suffix(".ipynb").is_file() for p in notebooks)
+
+
+def test_setup_seeds_and_reports(capsys, monkeypatch):
+    monkeypatch.setenv("DETUTILS_SCHEDULE", "ci")
+    info = setup(seed=3, threads=1)
+    first = torch.rand(2)
+    setup(seed=3, threads=1, verbose=False)
+    torch.testing.assert_close(torch.rand(2), first)
+    assert info["schedule"] == "ci"
+    assert "torch " + torch.__version__ in capsys.readouterr().out
+
+
+def test_schedule_rejects_unknown_names(monkeypatch):
+    monkeypatch.setenv("DETUTILS_SCHEDULE", "fast")
+    with pytest.raises(ValueError, match="DETUTILS_SCHEDULE='fast'"):
+        current_schedule()
+    monkeypatch.delenv("DETUTILS_SCHEDULE")
+    assert current_schedule() == ("gpu" if torch.cuda.is_available() else "cpu")
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source) for c in nb.cells]
+
+
+@pytest.mark.parametrize("source", course_notebooks(), ids=lambda p: p.stem)
+def test_stored_notebook_matches_its_source_and_was_executed(source):
+    jupytext = pytest.importorskip("jupytext")
+    stored = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
+    assert _cells(stored) == _cells(jupytext.read(source)), "run `make refresh NB=...`"
+    code = [c for c in stored.cells if c.cell_type == "code"]
+    assert all(c.execution_count is not None for c in code), "stored without outputs"
+
+
+@pytest.mark.parametrize("source", course_notebooks(), ids=lambda p: p.stem)
+def test_student_version_is_up_to_date(source):
+    jupytext = pytest.importorskip("jupytext")
+    student = source.parent / "exercises" / f"{source.stem}.ipynb"
+    assert student.is_file(), "run `make exercises`"
+    expected = make_exercise(jupytext.read(source))
+    assert _cells(nbformat.read(student, as_version=4)) == _cells(expected)
+    tagged = [c for c in jupytext.read(source).cells if "solution" in c.metadata.get("tags", [])]
+    assert len(tagged) >= 3, "each notebook has at least three exercises"
