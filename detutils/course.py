@@ -97,9 +97,8 @@ def _execute(nb, cwd: Path, timeout: int | None, env: dict[str, str]) -> None:
     saved = dict(os.environ)
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
-        ExecutePreprocessor(timeout=timeout, kernel_name="python3").preprocess(
-            nb, {"metadata": {"path": str(cwd)}}
-        )
+        executor = ExecutePreprocessor(timeout=timeout, kernel_name="python3", record_timing=False)
+        executor.preprocess(nb, {"metadata": {"path": str(cwd)}})
     finally:
         os.environ.clear()
         os.environ.update(saved)
@@ -124,6 +123,8 @@ def refresh_notebook(source: Path, schedule: str = "ci", timeout: int = REFRESH_
     nb = jupytext.read(source)
     env = {"DETUTILS_SCHEDULE": schedule, "DETUTILS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     _execute(nb, source.parent, timeout, env)
+    for index, cell in enumerate(nb.cells):
+        cell.id = f"cell-{index:03d}"  # stable ids keep the stored notebook's diff to real changes
     target = source.with_suffix(".ipynb")
     jupytext.write(nb, target, fmt="ipynb")
     return target
