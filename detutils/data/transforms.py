@@ -1,0 +1,188 @@
+"""Detection transforms on ``torchvision.transforms.v2``: letterbox, flip, colour jitter.
+
+Every transform takes and returns ``(image, target)``: image a ``tv_tensors.Image``
+(3, H, W) float in [0, 1], target a dict whose ``boxes`` are ``tv_tensors.BoundingBoxes``
+(xyxy pixels), so v2 moves the boxes with the pixels. After the geometric steps the
+boxes are clipped to the image, and boxes whose width or height falls below
+``min_size`` pixels are dropped together with their labels.
+
+Letterbox keeps the aspect ratio: the image is resized so that its longer side is
+the square's side, then padded (grey, as in the YOLO family) to a square. It
+records the mapping in the target, ``scale`` and ``pad`` = (left, top), so a box on
+the square maps back to the file's pixels as ``(box - [left, top, left, top]) / scale``
+(exact up to the rounding of the resized size, under half a pixel of the square).
+
+Reference: torchvision ``transforms.v2`` (``SanitizeBoundingBoxes``,
+``ClampBoundingBoxes``), the letterbox of ultralytics ``LetterBox``
+(``ultralytics/data/augment.py``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torchvision import tv_tensors
+from torchvision.transforms import v2
+from torchvision.transforms.v2 import functional as F
+
+__all__ = ["LETTERBOX_FILL", "Letterbox", "build_transforms", "undo_letterbox"]
+
+LETTERBOX_FILL = 114 / 255  # grey of the padding
+
+
+class Letterbox(nn.Module):
+    """Resize keeping the aspect ratio, then pad (or crop) to a ``size`` x ``size`` square.
+
+    Args:
+        size: side of the output square, pixels.
+        scale_range: (low, high) factor drawn uniformly and applied on top of the fit
+            of the longer side; (1, 1) is a plain letterbox. Above 1 the image is
+            larger than the square and a window of it is kept.
+        random_position: place the image at a random offset in the square (or take a
+            random window) instead of centring it.
+        fill: value of the padding, in [0, 1].
+
+    Reference: ultralytics ``LetterBox`` (``ultralytics/data/augment.py``): the same
+    fit of the longer side, centred padding and grey 114 fill.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        scale_range: tuple[float, float] = (1.0, 1.0),
+        random_position: bool = False,
+        fill: float = LETTERBOX_FILL,
+    ) -> None:
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"size must be a positive number of pixels, got {size}")
+        if not 0 < scale_range[0] <= scale_range[1]:
+            raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range}")
+        self.size = size
+        self.scale_range = scale_range
+        self.random_position = random_position
+        self.fill = fill
+
+    def _offset(self, free: int) -> int:
+        """Offset of the image in the square along one axis; ``free`` = size - image side."""
+        if not self.random_position:
+            return free // 2 if free >= 0 else -((-free) // 2)
+        low, high = min(free, 0), max(free, 0)
+        return int(torch.randint(low, high + 1, ()).item())
+
+    def forward(self, image: torch.Tensor, target: dict) -> tuple[tv_tensors.Image, dict]:
+        """Letterbox ``image`` (3, H, W) and ``target["boxes"]`` (M, 4) xyxy pixels.
+
+        Plain tensors are wrapped as ``tv_tensors.Image`` and ``BoundingBoxes``, so
+        the later v2 steps know which is which; a target without boxes is fine.
+        """
+        if image.dim() != 3 or min(image.shape[-2:]) < 1:
+            raise ValueError(f"image must be (C, H, W) with H, W >= 1, got {tuple(image.shape)}")
+        height, width = image.shape[-2:]
+        if not isinstance(image, tv_tensors.Image):
+            image = tv_tensors.Image(image)
+        boxes = target.get("boxes")
+        if boxes is not None and not isinstance(boxes, tv_tensors.BoundingBoxes):
+            boxes = tv_tensors.BoundingBoxes(boxes, format="XYXY", canvas_size=(height, width))
+        low, high = self.scale_range
+        jitter = low if low == high else low + (high - low) * torch.rand(()).item()
+        scale = self.size / max(height, width) * jitter
+        new_height = max(1, round(height * scale))
+        new_width = max(1, round(width * scale))
+        left = self._offset(self.size - new_width)
+        top = self._offset(self.size - new_height)
+
+        image = F.resize(image, [new_height, new_width], antialias=True)
+        if boxes is not None:
+            boxes = F.resize(boxes, [new_height, new_width])
+        # Pad where the image is smaller than the square, crop where it is larger.
+        padding = [max(left, 0), max(top, 0)]
+        padding += [max(self.size - new_width - left, 0), max(self.size - new_height - top, 0)]
+        if any(padding):
+            image = F.pad(image, padding, fill=self.fill)
+            boxes = None if boxes is None else F.pad(boxes, padding)
+        if left < 0 or top < 0 or image.shape[-1] > self.size or image.shape[-2] > self.size:
+            crop = (max(-top, 0), max(-left, 0), self.size, self.size)
+            image = F.crop(image, *crop)
+            boxes = None if boxes is None else F.crop(boxes, *crop)
+        # x_new = x_file * scale + pad, composed with any earlier letterbox.
+        target = dict(target)
+        if boxes is not None:
+            target["boxes"] = boxes
+        target["pad"] = torch.as_tensor(target.get("pad", torch.zeros(2)), dtype=torch.float32)
+        target["pad"] = target["pad"] * scale + torch.tensor([left, top], dtype=torch.float32)
+        target["scale"] = float(target.get("scale", 1.0)) * scale
+        return image, target
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, scale_range={self.scale_range}, random={self.random_position}"
+
+
+def build_transforms(
+    img_size: int,
+    train: bool,
+    scale_range: tuple[float, float] = (1.0, 1.0),
+    flip_prob: float = 0.5,
+    color_jitter: tuple[float, float, float, float] = (0.25, 0.25, 0.4, 0.015),
+    min_size: float = 1.0,
+    fill: float = LETTERBOX_FILL,
+) -> v2.Compose:
+    """The transforms of a detection set: ``(image, target) -> (image, target)``.
+
+    Train: letterbox (random scale jitter and position when ``scale_range`` is not
+    (1, 1)), horizontal flip, colour jitter. Eval: letterbox only, deterministic.
+    Both end by clipping boxes to the square and dropping boxes narrower or shorter
+    than ``min_size`` pixels, with their labels.
+
+    Args:
+        img_size: side of the square network input, pixels.
+        train: training (random) or evaluation (deterministic) transforms.
+        scale_range: training scale jitter on top of the letterbox fit.
+        flip_prob: probability of a horizontal flip (training).
+        color_jitter: brightness, contrast, saturation, hue of ``v2.ColorJitter``
+            (training); all zeros turns it off.
+        min_size: smallest box width and height kept, pixels.
+        fill: padding value in [0, 1].
+
+    Returns:
+        a ``v2.Compose``; the target's ``scale`` and ``pad`` describe the letterbox
+        (a flip is not recorded: the mapping back is for evaluation transforms).
+
+    Reference: the torchvision detection recipe on ``transforms.v2`` (augment, then
+    ``ClampBoundingBoxes`` and ``SanitizeBoundingBoxes``), docs "Transforms v2:
+    end-to-end object detection example".
+    """
+    if not train:
+        steps = [Letterbox(img_size, fill=fill)]
+    else:
+        jittered = scale_range[0] != 1.0 or scale_range[1] != 1.0
+        steps = [Letterbox(img_size, scale_range, random_position=jittered, fill=fill)]
+        if flip_prob > 0:
+            steps.append(v2.RandomHorizontalFlip(flip_prob))
+        if any(color_jitter):
+            brightness, contrast, saturation, hue = color_jitter
+            steps.append(v2.ColorJitter(brightness, contrast, saturation, hue))
+    steps += [
+        v2.ClampBoundingBoxes(),
+        v2.SanitizeBoundingBoxes(min_size=min_size, min_area=min_size * min_size),
+    ]
+    return v2.Compose(steps)
+
+
+def undo_letterbox(boxes: torch.Tensor, scale: float, pad: torch.Tensor) -> torch.Tensor:
+    """Boxes on the letterboxed square back to the pixels of the original file.
+
+    Args:
+        boxes: (N, 4) xyxy, pixels of the square.
+        scale: the target's ``scale``.
+        pad: (2,) the target's ``pad`` = (left, top).
+
+    Returns:
+        (N, 4) xyxy, pixels of the file.
+    """
+    if not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a positive number, got {scale}")
+    offset = torch.as_tensor(pad, dtype=boxes.dtype, device=boxes.device).repeat(2)  # (4,)
+    return (boxes - offset) / scale
