@@ -1,0 +1,121 @@
+"""Training logs: CSV files, a progress bar, and a plot for notebooks.
+
+A run folder holds two CSV files, written by rank 0 only:
+
+    train_log.csv   one row per iteration: epoch, iteration, lr, then every loss
+                    component the detector returns (``loss`` first, the rest sorted)
+    eval_log.csv    one row per evaluation: epoch, iteration, AP, AP50, AP75, APs, APm, APl
+"""
+
+import csv
+import os
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+__all__ = ["CsvLog", "plot_training_log", "progress_bar", "read_training_log"]
+
+TRAIN_LOG = "train_log.csv"
+EVAL_LOG = "eval_log.csv"
+
+
+class CsvLog:
+    """Appends rows to a CSV file; the columns are the keys of the first row written.
+
+    Args:
+        path: the CSV file.
+        enabled: False makes every call a no-op (ranks other than 0).
+        keep_before_epoch: keep the rows of earlier epochs from an existing file and
+            drop the rest (a resumed run rewrites the epochs it repeats); None starts
+            a new file.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, enabled: bool = True, keep_before_epoch: int | None = None
+    ) -> None:
+        self.path, self.enabled = Path(path), enabled
+        self.columns: list[str] | None = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept: list[dict[str, str]] = []
+        if keep_before_epoch is not None and self.path.is_file():
+            with self.path.open(newline="") as file:
+                reader = csv.DictReader(file)
+                self.columns = list(reader.fieldnames or []) or None
+                kept = [row for row in reader if int(row["epoch"]) < keep_before_epoch]
+        with self.path.open("w", newline="") as file:
+            if self.columns:
+                writer = csv.DictWriter(file, fieldnames=self.columns)
+                writer.writeheader()
+                writer.writerows(kept)
+
+    def write(self, row: dict[str, Any]) -> None:
+        """Append one row; floats are written with 6 significant digits."""
+        if not self.enabled:
+            return
+        values = {
+            key: f"{value:.6g}" if isinstance(value, float) else value for key, value in row.items()
+        }
+        with self.path.open("a", newline="") as file:
+            if self.columns is None:
+                self.columns = list(values)
+                csv.DictWriter(file, fieldnames=self.columns).writeheader()
+            missing = sorted(set(self.columns) - set(values))
+            extra = sorted(set(values) - set(self.columns))
+            if missing or extra:
+                raise ValueError(f"{self.path.name}: row lacks {missing} / adds {extra}")
+            csv.DictWriter(file, fieldnames=self.columns).writerow(values)
+
+
+def progress_bar(iterable: Iterable, total: int, description: str, enabled: bool = True):
+    """A tqdm bar on an interactive terminal; nothing in CI, in pipes or when disabled."""
+    from tqdm import tqdm
+
+    quiet = not enabled or bool(os.environ.get("CI")) or not sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=description, disable=quiet, leave=False)
+
+
+def read_training_log(run_dir: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two logs of a run folder as DataFrames (the eval one may be empty)."""
+    run_dir = Path(run_dir)
+    train_path, eval_path = run_dir / TRAIN_LOG, run_dir / EVAL_LOG
+    if not train_path.is_file():
+        raise FileNotFoundError(f"no {TRAIN_LOG} in {run_dir}")
+    train = pd.read_csv(train_path)
+    has_eval = eval_path.is_file() and eval_path.stat().st_size > 0
+    return train, pd.read_csv(eval_path) if has_eval else pd.DataFrame()
+
+
+def plot_training_log(run_dir: str | os.PathLike, smooth: int = 1):
+    """Loss components and learning rate per iteration, and AP per evaluation.
+
+    Args:
+        run_dir: a run folder with ``train_log.csv`` (and maybe ``eval_log.csv``).
+        smooth: running-mean window (iterations) of the loss curves
+            (``detutils.viz.plot_losses``); 1 draws the raw values.
+
+    Returns:
+        the matplotlib Figure (two panels, or three when there are evaluations).
+    """
+    import matplotlib.pyplot as plt
+
+    from detutils.viz import plot_losses
+
+    train, evaluation = read_training_log(run_dir)
+    panels = 3 if len(evaluation) else 2
+    figure, axes = plt.subplots(1, panels, figsize=(4 * panels, 3.2))
+    components = [name for name in train.columns if name not in ("epoch", "iteration", "lr")]
+    plot_losses(train, x="iteration", columns=components, ax=axes[0], smooth=smooth)
+    axes[1].plot(train["iteration"], train["lr"])
+    axes[1].set(xlabel="iteration", ylabel="learning rate", title="schedule")
+    if panels == 3:
+        for name in ("AP", "AP50"):
+            axes[2].plot(evaluation["epoch"], evaluation[name], marker="o", label=name)
+        axes[2].set(xlabel="epoch", ylabel="COCO metric", title="validation")
+        axes[2].legend(fontsize=8)
+    figure.tight_layout()
+    return figure

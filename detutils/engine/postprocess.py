@@ -1,0 +1,128 @@
+"""From scores and boxes to detections: threshold, class-aware NMS, ``max_det``.
+
+Every detector's ``predict`` ends here, so all of them filter their raw outputs the
+same way:
+
+1. keep each (prior, class) pair whose score exceeds ``score_thr`` (a prior may give
+   several detections of different classes, as in mmdet's ``multiclass_nms``; with
+   ``multi_label=False`` a prior gives only its best class);
+2. keep the ``max_candidates`` best of those, to bound the cost of NMS when an
+   untrained network scores everything alike;
+3. run NMS per class (``torchvision.ops.batched_nms``): a box suppresses only boxes
+   of its own class whose IoU with it exceeds ``iou_thr``;
+4. keep the ``max_det`` best survivors.
+"""
+
+import torch
+from torch import Tensor
+from torchvision.ops import batched_nms
+
+__all__ = ["postprocess_detections", "select_detections"]
+
+
+def select_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    score_thr: float = 0.05,
+    iou_thr: float = 0.6,
+    max_det: int = 100,
+    multi_label: bool = True,
+    max_candidates: int = 10000,
+) -> dict[str, Tensor]:
+    """Detections of one image: score threshold, class-aware NMS, then ``max_det``.
+
+    Args:
+        boxes: (A, 4) xyxy, pixels of the network input, one box per prior; or
+            (A, C, 4) with one box per prior and class (two-stage detectors).
+        scores: (A, C) class probabilities in [0, 1].
+        score_thr: a (prior, class) pair is kept only if its score is above this.
+        iou_thr: NMS threshold; a box suppresses boxes of the same class whose IoU
+            with it is above this.
+        max_det: detections kept per image, best scores first.
+        multi_label: allow one prior to give detections of several classes.
+        max_candidates: at most this many best-scoring pairs go into NMS.
+
+    Returns:
+        ``{"boxes": (N, 4) xyxy px, "scores": (N,), "labels": (N,) int64}``, sorted by
+        decreasing score, ``N <= max_det``.
+
+    Reference:
+        torchvision ``ops.batched_nms`` (class-aware NMS by per-class offsets);
+        mmdet ``multiclass_nms`` (every class above threshold is a candidate).
+    """
+    if scores.dim() != 2:
+        raise ValueError(f"scores must be (A, C), got shape {tuple(scores.shape)}")
+    num_priors, num_classes = scores.shape
+    if boxes.shape not in ((num_priors, 4), (num_priors, num_classes, 4)):
+        raise ValueError(
+            f"boxes must be (A, 4) or (A, C, 4) with A={num_priors}, C={num_classes}; "
+            f"got shape {tuple(boxes.shape)}"
+        )
+    if max_det < 1:
+        raise ValueError(f"max_det must be at least 1, got {max_det}")
+    if num_classes == 0:  # nothing to score, no detections (and max over C would fail)
+        scores, boxes = scores.new_zeros(0, 1), boxes.new_zeros(0, 4)
+    # 1. candidates: (prior, class) pairs above the score threshold
+    if multi_label:
+        prior_index, labels = torch.nonzero(scores > score_thr, as_tuple=True)  # (N,), (N,)
+        candidate_scores = scores[prior_index, labels]  # (N,)
+    else:
+        best_scores, best_labels = scores.max(dim=1)  # (A,), (A,)
+        prior_index = torch.nonzero(best_scores > score_thr, as_tuple=True)[0]  # (N,)
+        candidate_scores, labels = best_scores[prior_index], best_labels[prior_index]
+    candidate_boxes = boxes[prior_index] if boxes.dim() == 2 else boxes[prior_index, labels]
+    # 2. bound the work of NMS
+    if candidate_scores.numel() > max_candidates:
+        candidate_scores, top = candidate_scores.topk(max_candidates)
+        candidate_boxes, labels = candidate_boxes[top], labels[top]
+    # 3. class-aware NMS; its result is sorted by decreasing score
+    keep = batched_nms(candidate_boxes.float(), candidate_scores.float(), labels, iou_thr)
+    # 4. the best max_det survivors
+    keep = keep[:max_det]
+    return {
+        "boxes": candidate_boxes[keep].float(),
+        "scores": candidate_scores[keep].float(),
+        "labels": labels[keep].long(),
+    }
+
+
+def postprocess_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    score_thr: float = 0.05,
+    iou_thr: float = 0.6,
+    max_det: int = 100,
+    multi_label: bool = True,
+    max_candidates: int = 10000,
+) -> list[dict[str, Tensor]]:
+    """``select_detections`` for every image of a batch.
+
+    Args:
+        boxes: (B, A, 4) or (B, A, C, 4) xyxy, pixels of the network input.
+        scores: (B, A, C) class probabilities.
+        score_thr, iou_thr, max_det, multi_label, max_candidates: as in
+            ``select_detections``.
+
+    Returns:
+        list of B dicts ``{"boxes" (N_i, 4), "scores" (N_i,), "labels" (N_i,)}``.
+
+    Reference:
+        torchvision ``ops.batched_nms``; ultralytics ``utils/ops.py``
+        ``non_max_suppression`` (the per-image loop of a batch).
+    """
+    if boxes.shape[0] != scores.shape[0]:
+        raise ValueError(
+            f"boxes and scores disagree on the batch size: {boxes.shape[0]} vs {scores.shape[0]}"
+        )
+    return [
+        select_detections(
+            image_boxes,
+            image_scores,
+            score_thr=score_thr,
+            iou_thr=iou_thr,
+            max_det=max_det,
+            multi_label=multi_label,
+            max_candidates=max_candidates,
+        )
+        for image_boxes, image_scores in zip(boxes, scores, strict=True)
+    ]

@@ -1,0 +1,245 @@
+"""How a detector is trained: the schedule, the optimizer, the learning rate, the EMA.
+
+A ``TrainSchedule`` holds every number of a training run. Each detector's config
+holds three of them, ``schedules["ci"|"cpu"|"gpu"]``: seconds for the tests, minutes
+on a laptop CPU, and the full GPU recipe. Command-line flags override single fields.
+
+The learning rate is set every iteration: a linear warm-up from
+``warmup_start_factor * lr`` to ``lr`` over the first ``warmup_epochs`` epochs
+(counted in iterations, so a fraction of an epoch works), then a cosine decay to
+``final_lr_fraction * lr`` at the last iteration, or steps of ``step_gamma`` at the
+``step_milestones`` (fractions of the whole run).
+"""
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ModelEMA",
+    "TrainSchedule",
+    "build_lr_scheduler",
+    "build_optimizer",
+    "default_schedules",
+    "lr_factor",
+    "parameter_groups",
+]
+
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("cosine", "step")
+# Layers whose weights are scales and shifts of a normalisation: never decayed.
+NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+@dataclass(frozen=True)
+class TrainSchedule:
+    """Every number of a training run; ``replace(**overrides)`` gives a modified copy."""
+
+    epochs: int = 12  # passes over the training set
+    batch_size: int = 16  # images per step and per process (DDP: each rank takes this many)
+    img_size: int = 640  # side of the square, letterboxed network input (px)
+    optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw"
+    lr: float = 0.01  # peak learning rate, reached at the end of the warm-up
+    momentum: float = 0.937  # SGD momentum, or AdamW's beta1
+    weight_decay: float = 5e-4  # applied to weights only, never to norms and biases
+    warmup_epochs: float = 1.0  # linear warm-up length, in epochs (may be fractional)
+    warmup_start_factor: float = 0.01  # warm-up starts at this fraction of lr
+    lr_schedule: str = "cosine"  # "cosine" or "step", after the warm-up
+    final_lr_fraction: float = 0.01  # cosine: lr at the last iteration, as a fraction of lr
+    step_milestones: tuple[float, ...] = (0.67, 0.89)  # step: fractions of the run
+    step_gamma: float = 0.1  # step: factor applied at each milestone
+    grad_clip: float = 10.0  # max global L2 norm of the gradients; 0 turns clipping off
+    ema: bool = False  # keep an exponential moving average of the weights (YOLOv8)
+    ema_decay: float = 0.9999  # EMA decay once ramped up
+    ema_tau: float = 2000.0  # EMA ramp: decay * (1 - exp(-updates / tau))
+    amp: bool = False  # mixed precision (autocast + GradScaler); used on CUDA only
+    threads: int = 2  # torch intra-op threads on CPU (1 keeps CI bit-identical)
+    workers: int = 2  # DataLoader worker processes
+    augment: bool = True  # training-time augmentation of the data transforms
+    eval_interval: int = 1  # evaluate every this many epochs (0: only at the end)
+    max_minutes: float | None = None  # time budget: stop cleanly (and evaluate) when spent
+    seed: int = 0  # seeds Python, NumPy, torch, the sampler and the workers
+
+    def __post_init__(self) -> None:
+        positive_ints = ("epochs", "batch_size", "img_size", "threads")
+        for name in positive_ints:
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"schedule field {name} must be >= 1, got {getattr(self, name)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"schedule field optimizer must be one of {OPTIMIZERS}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"schedule field lr_schedule must be one of {LR_SCHEDULES}")
+        if not self.lr > 0:
+            raise ValueError(f"schedule field lr must be positive, got {self.lr}")
+        for name in ("weight_decay", "warmup_epochs", "grad_clip", "workers", "eval_interval"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"schedule field {name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.warmup_start_factor <= 1 or not 0 <= self.final_lr_fraction <= 1:
+            raise ValueError("warmup_start_factor must lie in (0, 1], final_lr_fraction in [0, 1]")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"schedule field ema_decay must lie in [0, 1), got {self.ema_decay}")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"schedule field max_minutes must be positive, got {self.max_minutes}")
+
+    def replace(self, **overrides: Any) -> "TrainSchedule":
+        """A copy with some fields changed; ``None`` values leave a field as it is."""
+        names = {field.name for field in dataclasses.fields(self)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise ValueError(f"TrainSchedule has no field {', '.join(unknown)}")
+        changes = {name: value for name, value in overrides.items() if value is not None}
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain Python values, as stored in checkpoints and printed in logs."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainSchedule":
+        """The inverse of ``to_dict`` (tuples come back from lists)."""
+        values = dict(values)
+        values["step_milestones"] = tuple(values.get("step_milestones", ()))
+        return cls(**values)
+
+
+def default_schedules() -> dict[str, TrainSchedule]:
+    """Schedules for a detector whose config names none: ``ci``, ``cpu`` and ``gpu``."""
+    return {
+        "ci": TrainSchedule(
+            epochs=1, batch_size=4, img_size=64, warmup_epochs=0.0, threads=1, workers=0
+        ),
+        "cpu": TrainSchedule(epochs=30, batch_size=8, img_size=256, max_minutes=10.0),
+        "gpu": TrainSchedule(
+            epochs=100, batch_size=32, img_size=640, amp=True, ema=True, workers=8
+        ),
+    }
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Split the trainable parameters: weights decay, norm layers and biases do not.
+
+    Decaying the scale of a BatchNorm or a bias only pulls the network away from
+    what it needs (they set no capacity that over-fits), so they get zero decay.
+
+    Returns:
+        two optimizer groups: ``{"name": "decay", "weight_decay": weight_decay}`` and
+        ``{"name": "no_decay", "weight_decay": 0.0}``, each with its ``params``.
+
+    Reference:
+        torchvision ``references/classification/utils.py`` ``set_weight_decay``;
+        ultralytics ``build_optimizer`` (groups of weights, norm weights, biases).
+    """
+    decay, no_decay, seen = [], [], set()
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if not parameter.requires_grad or id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            if isinstance(module, NORM_TYPES) or name == "bias":
+                no_decay.append(parameter)
+            else:
+                decay.append(parameter)
+    return [
+        {"params": decay, "weight_decay": weight_decay, "name": "decay"},
+        {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+    ]
+
+
+def build_optimizer(model: nn.Module, schedule: TrainSchedule) -> torch.optim.Optimizer:
+    """SGD with Nesterov momentum or AdamW, on ``parameter_groups``.
+
+    Reference:
+        ultralytics ``engine/trainer.py`` ``build_optimizer``.
+    """
+    groups = parameter_groups(model, schedule.weight_decay)
+    if schedule.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum, nesterov=True)
+    return torch.optim.AdamW(groups, lr=schedule.lr, betas=(schedule.momentum, 0.999))
+
+
+def lr_factor(iteration: int, total_iterations: int, schedule: TrainSchedule, warmup: int) -> float:
+    """The learning rate at ``iteration`` (0-based) as a fraction of ``schedule.lr``.
+
+    Args:
+        iteration: steps already taken.
+        total_iterations: steps of the whole run.
+        schedule: gives the shape (warm-up start, cosine end or step milestones).
+        warmup: warm-up length in iterations.
+
+    Reference:
+        torchvision ``LinearLR`` then ``CosineAnnealingLR`` / ``MultiStepLR``, as chained
+        by ``references/detection/train.py``; ultralytics ``one_cycle`` for the cosine.
+    """
+    if iteration < warmup:
+        start = schedule.warmup_start_factor
+        return start + (1.0 - start) * iteration / warmup
+    if schedule.lr_schedule == "step":
+        done = iteration / max(1, total_iterations)
+        return schedule.step_gamma ** sum(
+            done >= milestone for milestone in schedule.step_milestones
+        )
+    progress = min(1.0, (iteration - warmup) / max(1, total_iterations - 1 - warmup))
+    final = schedule.final_lr_fraction
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: TrainSchedule, iterations_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A ``LambdaLR`` stepped once per iteration, following ``lr_factor``.
+
+    Reference:
+        torchvision ``references/detection/train.py`` (warm-up, then cosine or
+        multi-step, per iteration); ultralytics ``one_cycle`` cosine.
+    """
+    total = schedule.epochs * iterations_per_epoch
+    warmup = round(schedule.warmup_epochs * iterations_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda iteration: lr_factor(iteration, total, schedule, warmup)
+    )
+
+
+class ModelEMA:
+    """An exponential moving average of a model's weights.
+
+    After update ``n`` the average moves towards the model by ``1 - d_n`` with
+    ``d_n = decay * (1 - exp(-n / tau))``: the ramp lets the average follow the
+    fast early changes, then smooths the late noise. Integer buffers are copied.
+
+    Reference:
+        ultralytics ``utils/torch_utils.py`` ``ModelEMA``.
+    """
+
+    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0) -> None:
+        self.model = copy.deepcopy(model).eval()
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+        self.decay, self.tau, self.updates = decay, tau, 0
+
+    def decay_at(self, updates: int) -> float:
+        """The decay ``d_n`` used by update number ``updates``."""
+        return self.decay * (1.0 - math.exp(-updates / self.tau))
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Move the average one step towards ``model`` (the unwrapped, non-DDP module)."""
+        self.updates += 1
+        decay = self.decay_at(self.updates)
+        current = model.state_dict()
+        for name, average in self.model.state_dict().items():
+            if average.dtype.is_floating_point:
+                average.mul_(decay).add_(current[name].detach(), alpha=1.0 - decay)
+            else:
+                average.copy_(current[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.updates = int(state["updates"])

@@ -1,0 +1,107 @@
+"""Tests of DistributedDataParallel training: two CPU processes talking through gloo.
+
+The test starts ``python -m torch.distributed.run --standalone --nproc_per_node=2`` on
+this very file; each process trains the tiny detector on its half of every batch (2
+images) and saves its final weights. One process with batches of 4 is the reference:
+DDP averages the two ranks' gradients, each the mean over its 2 images, which is the
+mean over the 4 images that the single process sees at the same step (the tiny
+detector's loss is a per-image mean and has no batch statistics).
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from tiny_detector import build
+
+from detutils.data import CocoDetection, build_transforms, find_split, generate_shapes
+from detutils.engine.train import seed_everything, train
+
+RANKS = 2
+BATCH_PER_RANK = 2
+
+
+def datasets(root: Path):
+    """Train and val sets without augmentation: both runs must see the same pixels."""
+    transforms = build_transforms(64, train=False)
+    train_set = CocoDetection(*find_split(root, "train"), transforms=transforms)
+    val_set = CocoDetection(*find_split(root, "val"), transforms=transforms)
+    return train_set, val_set
+
+
+def run(root: Path, out_dir: Path | None, batch_size: int):
+    train_set, val_set = datasets(root)
+    seed_everything(0)
+    model = build(train_set.num_classes)
+    schedule = model.config.schedules["ci"].replace(
+        epochs=2, batch_size=batch_size, ema=True, ema_tau=2.0
+    )
+    return train(model, train_set, schedule, val_set=val_set, out_dir=out_dir, progress=False)
+
+
+def rank_main(root: Path, out: Path) -> None:
+    """What each process launched by torchrun does."""
+    result = run(root, out / "run", BATCH_PER_RANK)
+    rank = torch.distributed.get_rank()
+    torch.save(
+        {
+            "model": result.model.state_dict(),
+            "ema": result.ema_model.state_dict(),
+            "metrics": result.metrics,
+            "world_size": torch.distributed.get_world_size(),
+        },
+        out / f"rank{rank}.pt",
+    )
+    torch.distributed.destroy_process_group()
+
+
+def test_two_gloo_processes_match_one_process(tmp_path):
+    root = tmp_path / "shapes"
+    generate_shapes(root, train=16, val=8, size=64, seed=0, workers=1)
+    out = tmp_path / "ddp"
+    out.mkdir()
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={RANKS}", __file__, str(root), str(out),
+    ]  # fmt: skip
+    environment = dict(os.environ, OMP_NUM_THREADS="1", CI="true")
+    completed = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=240
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+    ranks = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(RANKS)]
+    assert [state["world_size"] for state in ranks] == [RANKS, RANKS]
+    single = run(root, tmp_path / "single", RANKS * BATCH_PER_RANK)
+    for name, expected in single.model.state_dict().items():
+        assert torch.equal(ranks[0]["model"][name], ranks[1]["model"][name]), name
+        assert torch.equal(ranks[0]["ema"][name], ranks[1]["ema"][name]), name
+        torch.testing.assert_close(ranks[0]["model"][name], expected, rtol=1e-4, atol=1e-5)
+    # Metrics: computed once from the detections of both ranks, the same everywhere.
+    assert ranks[0]["metrics"] == pytest.approx(ranks[1]["metrics"], rel=0, abs=0, nan_ok=True)
+    for name, value in single.metrics.items():
+        assert ranks[0]["metrics"][name] == pytest.approx(value, abs=1e-3, nan_ok=True), name
+    # Only rank 0 wrote the run folder; its log holds each iteration once, with the loss
+    # averaged over the ranks, which is the single process's loss.
+    assert sorted(path.name for path in (out / "run").iterdir()) == [
+        "eval_log.csv",
+        "last.pt",
+        "train_log.csv",
+    ]
+    ddp_log = pd.read_csv(out / "run" / "train_log.csv")
+    single_log = pd.read_csv(tmp_path / "single" / "train_log.csv")
+    assert ddp_log["iteration"].tolist() == list(range(1, 9))
+    torch.testing.assert_close(
+        torch.tensor(ddp_log["loss"].to_numpy()),
+        torch.tensor(single_log["loss"].to_numpy()),
+        rtol=1e-4, atol=1e-5,
+    )  # fmt: skip
+
+
+if __name__ == "__main__":  # launched by torchrun from the test above
+    torch.set_num_threads(1)
+    rank_main(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -1,0 +1,144 @@
+"""Tests of detutils.engine.schedule: the schedule, parameter groups, learning rate, EMA."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from detutils.engine.schedule import (
+    ModelEMA,
+    TrainSchedule,
+    build_lr_scheduler,
+    build_optimizer,
+    default_schedules,
+    lr_factor,
+    parameter_groups,
+)
+
+
+class NormNet(nn.Module):
+    """conv (weight 2*3*3*3 = 54, no bias) -> BatchNorm (2 + 2) -> linear (weight 6, bias 3),
+    plus a GroupNorm (2 + 2) and a frozen linear (8 + 4) that must stay out of every group."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, bias=False)
+        self.bn = nn.BatchNorm2d(2)
+        self.group_norm = nn.GroupNorm(1, 2)
+        self.linear = nn.Linear(2, 3)
+        self.frozen = nn.Linear(2, 4)
+        self.frozen.requires_grad_(False)
+
+
+def test_schedule_checks_fields_and_replaces():
+    schedule = TrainSchedule()
+    assert schedule.replace(epochs=3, lr=None).epochs == 3
+    assert schedule.replace(lr=None).lr == schedule.lr  # None leaves a field as it is
+    with pytest.raises(ValueError, match="no field batch"):
+        schedule.replace(batch=4)
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        TrainSchedule(epochs=0)
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        TrainSchedule(optimizer="adam")
+    with pytest.raises(ValueError, match="lr_schedule"):
+        TrainSchedule(lr_schedule="linear")
+    with pytest.raises(ValueError, match="lr must be positive"):
+        TrainSchedule(lr=0.0)
+    with pytest.raises(ValueError, match="max_minutes must be positive"):
+        TrainSchedule(max_minutes=0.0)
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainSchedule(ema_decay=1.0)
+
+
+def test_schedule_round_trips_through_a_dict():
+    schedule = TrainSchedule(step_milestones=(0.5, 0.75), max_minutes=2.5)
+    values = schedule.to_dict()
+    values["step_milestones"] = list(values["step_milestones"])  # as a checkpoint may give it
+    assert TrainSchedule.from_dict(values) == schedule
+
+
+def test_default_schedules_cover_the_three_names():
+    schedules = default_schedules()
+    assert sorted(schedules) == ["ci", "cpu", "gpu"]
+    assert schedules["ci"].threads == 1 and schedules["ci"].workers == 0
+    assert schedules["gpu"].amp and not schedules["cpu"].amp
+
+
+def test_parameter_groups_spare_norms_and_biases():
+    model = NormNet()
+    decay, no_decay = parameter_groups(model, weight_decay=0.1)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.1, 0.0)
+    decayed = {id(p) for p in decay["params"]}
+    spared = {id(p) for p in no_decay["params"]}
+    assert decayed == {id(model.conv.weight), id(model.linear.weight)}
+    norms = [model.bn.weight, model.bn.bias, model.group_norm.weight, model.group_norm.bias]
+    assert spared == {id(p) for p in norms + [model.linear.bias]}
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert sum(p.numel() for group in (decay, no_decay) for p in group["params"]) == trainable
+
+
+def test_parameter_groups_count_a_shared_parameter_once():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 2))
+    model[1].weight = model[0].weight  # tied weights
+    decay, no_decay = parameter_groups(model, weight_decay=0.1)
+    assert len(decay["params"]) == 1 and len(no_decay["params"]) == 2
+    build_optimizer(model, TrainSchedule())  # torch rejects a parameter listed twice
+
+
+def test_build_optimizer_kinds():
+    model = NormNet()
+    sgd = build_optimizer(model, TrainSchedule(optimizer="sgd", lr=0.1, momentum=0.9))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["nesterov"]
+    assert [group["weight_decay"] for group in sgd.param_groups] == [5e-4, 0.0]
+    adamw = build_optimizer(model, TrainSchedule(optimizer="adamw", lr=1e-3, momentum=0.9))
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.defaults["betas"] == (0.9, 0.999)
+
+
+def test_lr_factor_hand_values():
+    # 100 iterations, 10 of warm-up starting at 0.1: iteration 5 is half way, 0.55.
+    schedule = TrainSchedule(warmup_start_factor=0.1, final_lr_fraction=0.2)
+    assert lr_factor(0, 100, schedule, warmup=10) == pytest.approx(0.1)
+    assert lr_factor(5, 100, schedule, warmup=10) == pytest.approx(0.55)
+    # Cosine from 1 at iteration 10 to 0.2 at iteration 99, half way (0.6) at 54.5.
+    assert lr_factor(10, 100, schedule, warmup=10) == pytest.approx(1.0)
+    assert lr_factor(99, 100, schedule, warmup=10) == pytest.approx(0.2)
+    middle = (lr_factor(54, 100, schedule, 10) + lr_factor(55, 100, schedule, 10)) / 2
+    assert middle == pytest.approx(0.6, abs=1e-3)
+    # Steps of 0.1 at 50 % and 75 % of the run.
+    step = TrainSchedule(lr_schedule="step", step_milestones=(0.5, 0.75), step_gamma=0.1)
+    values = [lr_factor(i, 100, step, warmup=0) for i in (0, 49, 50, 74, 75, 99)]
+    assert values == pytest.approx([1.0, 1.0, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_lr_scheduler_follows_lr_factor_every_iteration():
+    schedule = TrainSchedule(epochs=3, lr=0.5, warmup_epochs=0.5)
+    model = nn.Linear(2, 2)
+    optimizer = build_optimizer(model, schedule)
+    scheduler = build_lr_scheduler(optimizer, schedule, iterations_per_epoch=4)  # warm-up 2
+    seen = []
+    for _ in range(12):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    expected = [0.5 * lr_factor(i, 12, schedule, warmup=2) for i in range(12)]
+    assert [lrs[0] for lrs in seen] == pytest.approx(expected)
+    assert all(lrs[0] == lrs[1] for lrs in seen)  # both groups share the schedule
+    assert seen[-1][0] == pytest.approx(0.5 * schedule.final_lr_fraction)
+
+
+def test_ema_moves_by_the_ramped_decay():
+    model = nn.BatchNorm1d(1)
+    ema = ModelEMA(model, decay=0.9, tau=2.0)
+    with torch.no_grad():
+        model.weight.fill_(3.0)  # the average starts at the initial weight 1
+    model.num_batches_tracked.fill_(7)
+    ema.update(model)
+    decay = 0.9 * (1 - math.exp(-1 / 2.0))  # update 1: d_1 = 0.9 (1 - e^(-1/2)) = 0.354
+    assert ema.decay_at(1) == pytest.approx(decay)
+    assert ema.model.weight.item() == pytest.approx(decay * 1.0 + (1 - decay) * 3.0)
+    assert ema.model.num_batches_tracked.item() == 7  # integer buffers are copied
+    assert not any(p.requires_grad for p in ema.model.parameters())
+    restored = ModelEMA(nn.BatchNorm1d(1))
+    restored.load_state_dict(ema.state_dict())
+    assert restored.updates == 1 and restored.model.weight.item() == ema.model.weight.item()

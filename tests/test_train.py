@@ -1,0 +1,220 @@
+"""Tests of detutils.engine.train (and its loaders, logs and single-process collectives)."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tiny_detector import TinyDetector, build
+from torch.utils.data import Subset
+
+from detutils.data import CocoDetection, build_transforms, find_split, generate_shapes
+from detutils.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from detutils.engine.distributed import (
+    DistributedContext,
+    all_gather_objects,
+    all_reduce_mean,
+    init_distributed,
+    resolve_device,
+)
+from detutils.engine.loader import build_train_loader, set_loader_epoch
+from detutils.engine.log import CsvLog, plot_training_log, read_training_log
+from detutils.engine.schedule import lr_factor
+from detutils.engine.train import NonFiniteLossError, move_targets, seed_everything, train
+
+# 16 training images of 64 px, batch 4: four iterations per epoch.
+ITERATIONS_PER_EPOCH = 4
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """(train set with augmentation, val set) of a tiny generated shapes set."""
+    root = tmp_path_factory.mktemp("shapes")
+    generate_shapes(root, train=16, val=8, size=64, seed=0, workers=1)
+    train_set = CocoDetection(*find_split(root, "train"), transforms=build_transforms(64, True))
+    val_set = CocoDetection(*find_split(root, "val"), transforms=build_transforms(64, False))
+    return train_set, val_set
+
+
+def run(shapes, out_dir, **overrides):
+    """Seed, build the tiny detector, train it on the ci schedule with ``overrides``."""
+    train_set, val_set = shapes
+    seed_everything(0)
+    model = build(train_set.num_classes)
+    schedule = model.config.schedules["ci"].replace(**overrides)
+    return train(model, train_set, schedule, val_set=val_set, out_dir=out_dir, progress=False)
+
+
+def test_training_lowers_the_loss_and_logs_every_iteration(shapes, tmp_path):
+    result = run(shapes, tmp_path, epochs=4)
+    assert (result.epochs_done, result.iterations) == (4, 4 * ITERATIONS_PER_EPOCH)
+    assert not result.model.training and result.checkpoint == tmp_path / "last.pt"
+    train_log, eval_log = read_training_log(tmp_path)
+    assert list(train_log.columns) == ["epoch", "iteration", "lr", "loss", "loss_box", "loss_cls"]
+    assert train_log["iteration"].tolist() == list(range(1, 17))
+    per_epoch = train_log.groupby("epoch")["loss"].mean()
+    assert per_epoch[4] < 0.95 * per_epoch[1]
+    torch.testing.assert_close(
+        torch.tensor(train_log["loss"].to_numpy()),
+        torch.tensor((train_log["loss_box"] + train_log["loss_cls"]).to_numpy()),
+        rtol=1e-4, atol=1e-4,
+    )  # fmt: skip
+    schedule = result.model.config.schedules["ci"].replace(epochs=4)
+    expected_lr = [schedule.lr * lr_factor(i, 16, schedule, warmup=2) for i in range(16)]
+    assert train_log["lr"].tolist() == pytest.approx(expected_lr, rel=1e-5)
+    assert eval_log["epoch"].tolist() == [1, 2, 3, 4]  # eval_interval 1
+    assert eval_log["AP"].iloc[-1] == pytest.approx(result.metrics["AP"], abs=1e-6)
+    figure = plot_training_log(tmp_path, smooth=2)
+    assert len(figure.axes) == 3
+    assert {line.get_label() for line in figure.axes[0].get_lines()} >= {"loss", "loss_cls"}
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shapes, tmp_path, monkeypatch):
+    honest_loss, calls = TinyDetector.loss, []
+
+    def loss_that_breaks(self, outputs, targets):
+        losses = honest_loss(self, outputs, targets)
+        calls.append(1)
+        if len(calls) == 6:  # iteration 6: the second of epoch 2
+            losses["loss_cls"] = losses["loss_cls"] * math.nan
+            losses["loss"] = losses["loss_cls"] + losses["loss_box"]
+        return losses
+
+    monkeypatch.setattr(TinyDetector, "loss", loss_that_breaks)
+    with pytest.raises(NonFiniteLossError) as error:
+        run(shapes, tmp_path, epochs=2)
+    message = str(error.value)
+    assert "epoch 2, iteration 6" in message
+    assert "loss=nan" in message and "loss_cls=nan" in message and "loss_box=" in message
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert (state["epoch"], state["iteration"]) == (1, ITERATIONS_PER_EPOCH)
+    assert all(torch.isfinite(value).all() for value in state["model"].values())
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "eval_log.csv",
+        "last.pt",
+        "train_log.csv",
+    ]  # no temporary file left
+
+
+def test_time_budget_stops_cleanly_and_evaluates(shapes, tmp_path):
+    result = run(shapes, tmp_path, epochs=3, max_minutes=1e-9)  # spent before iteration 1 ends
+    assert result.out_of_time and result.iterations == 1 and result.epochs_done == 1
+    assert set(result.metrics) >= {"AP", "AP50"}
+    assert load_checkpoint(result.checkpoint)["epoch"] == 1
+    assert len(read_training_log(tmp_path)[1]) == 1
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks that CPU ignores AMP")
+def test_amp_is_ignored_on_cpu(shapes, tmp_path):
+    plain = run(shapes, tmp_path / "plain", epochs=1, amp=False)
+    with pytest.warns(UserWarning, match="AMP runs on CUDA only"):
+        amp = run(shapes, tmp_path / "amp", epochs=1, amp=True)
+    for name, value in plain.model.state_dict().items():
+        assert torch.equal(value, amp.model.state_dict()[name]), name
+    assert load_checkpoint(tmp_path / "amp" / "last.pt")["scaler"] == {}  # disabled scaler
+
+
+def test_ema_is_kept_and_used_for_evaluation(shapes, tmp_path):
+    result = run(shapes, tmp_path, epochs=1, ema=True, ema_tau=2.0)
+    assert result.best_model is result.ema_model
+    weights = result.model.state_dict()["head.weight"]
+    assert not torch.equal(result.ema_model.state_dict()["head.weight"], weights)
+    state = load_checkpoint(result.checkpoint)
+    assert state["ema"]["updates"] == ITERATIONS_PER_EPOCH
+
+
+def test_resuming_another_head_is_an_error(shapes, tmp_path):
+    path = save_checkpoint({"model_name": "tiny", "num_classes": 3}, tmp_path / "three.pt")
+    model = build(num_classes=6)
+    schedule = model.config.schedules["ci"]
+    with pytest.raises(CheckpointError, match="three.pt has 3 classes, the model 6"):
+        train(model, shapes[0], schedule, resume=path, progress=False)
+
+
+def test_empty_training_set_is_an_error(shapes):
+    model = build(num_classes=6)
+    schedule = model.config.schedules["ci"]
+    with pytest.raises(ValueError, match="training set is empty"):
+        train(model, Subset(shapes[0], []), schedule, progress=False)
+
+
+def test_train_loader_shards_like_one_process():
+    # Two ranks with batch 2 each take, at every step, the four images that one process
+    # with batch 4 takes: rank r gets positions r, r + 2, ... of the same permutation.
+    items = list(range(12))
+
+    def batches(world_size, rank, batch_size, epoch):
+        context = DistributedContext(rank=rank, world_size=world_size)
+        loader = build_train_loader(items, batch_size, context, workers=0, seed=3, collate_fn=list)
+        set_loader_epoch(loader, epoch, seed=3, rank=rank)
+        return list(loader)
+
+    single = batches(1, 0, 4, epoch=0)
+    rank0, rank1 = batches(2, 0, 2, epoch=0), batches(2, 1, 2, epoch=0)
+    assert [sorted(a + b) for a, b in zip(rank0, rank1, strict=True)] == [sorted(b) for b in single]
+    assert sorted(sum(single, [])) == items
+    assert batches(1, 0, 4, epoch=0) == single  # an epoch depends on (seed, epoch) only
+    assert batches(1, 0, 4, epoch=1) != single
+
+
+class RandomItems(torch.utils.data.Dataset):
+    """Items drawn from NumPy's and torch's generators, as augmentation draws them."""
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, index):
+        numpy_draw = float(np.random.rand())  # noqa: NPY002 -- the global generator on purpose
+        return (index, numpy_draw, float(torch.rand(())))
+
+
+def test_workers_draw_the_same_numbers_each_run():
+    context = DistributedContext()
+    loader = build_train_loader(RandomItems(), 2, context, workers=1, seed=0, collate_fn=list)
+
+    def epoch_items(epoch):
+        set_loader_epoch(loader, epoch, seed=0)
+        return [item for batch in loader for item in batch]
+
+    first = epoch_items(0)
+    assert epoch_items(0) == first
+    assert epoch_items(1) != first
+    assert len({item[1] for item in first}) == 4  # NumPy differs item to item
+
+
+def test_single_process_collectives_and_devices(monkeypatch):
+    for variable in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(variable, raising=False)
+    context = init_distributed("cpu")
+    assert (context.rank, context.world_size, context.is_main) == (0, 1, True)
+    values = torch.tensor([1.0, 2.0])
+    assert torch.equal(all_reduce_mean(values), values)
+    assert all_gather_objects({"a": 1}) == [{"a": 1}]
+    with pytest.raises(ValueError, match="auto, cpu or cuda"):
+        resolve_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            resolve_device("cuda")
+
+
+def test_move_targets_moves_tensors_only():
+    targets = [{"boxes": torch.zeros(2, 4), "image_id": 7}]
+    moved = move_targets(targets, torch.device("cpu"))
+    assert moved[0]["image_id"] == 7 and moved[0]["boxes"].shape == (2, 4)
+
+
+def test_csv_log_rewrites_repeated_epochs(tmp_path):
+    path = tmp_path / "log.csv"
+    log = CsvLog(path)
+    for epoch in (1, 1, 2):
+        log.write({"epoch": epoch, "loss": 0.5})
+    resumed = CsvLog(path, keep_before_epoch=2)  # epoch 2 is run again
+    resumed.write({"epoch": 2, "loss": 0.25})
+    assert pd.read_csv(path).to_dict("list") == {"epoch": [1, 1, 2], "loss": [0.5, 0.5, 0.25]}
+    with pytest.raises(ValueError, match="lacks"):
+        resumed.write({"epoch": 3})
+    CsvLog(tmp_path / "off.csv", enabled=False).write({"epoch": 1})
+    assert not (tmp_path / "off.csv").exists()
+    with pytest.raises(FileNotFoundError, match="no train_log.csv"):
+        read_training_log(tmp_path / "nowhere")
