@@ -7,4 +7,12 @@ Every assigner marks a prior with ``BACKGROUND`` (it learns "no object") or
 BACKGROUND = -1
 IGNORE = -2
 
-__all__ = ["BACKGROUND", "IGNORE"]
+from detutils.assigners.wh_iou import YOLOv3Targets, build_yolov3_targets, wh_iou  # noqa: E402
+
+__all__ = [
+    "BACKGROUND",
+    "IGNORE",
+    "YOLOv3Targets",
+    "build_yolov3_targets",
+    "wh_iou",
+]

@@ -1,3 +1,7 @@
 """Losses of the course's detectors."""
 
-__all__: list[str] = []
+from detutils.losses.yolo import yolov3_loss
+
+__all__: list[str] = [
+    "yolov3_loss",
+]
