@@ -19,11 +19,16 @@ from collections.abc import Callable
 
 from torch import nn
 
+from detutils.models.yolov3 import build_yolov3, build_yolov3_tiny
+
 __all__ = ["DETECTORS", "build_detector"]
 
 # Command-line name -> factory(num_classes) building the detector. The one place where
 # a string picks a class: every detector is added here by hand as it lands.
-DETECTORS: dict[str, Callable[[int], nn.Module]] = {}
+DETECTORS: dict[str, Callable[[int], nn.Module]] = {
+    "yolov3": build_yolov3,
+    "yolov3-tiny": build_yolov3_tiny,
+}
 
 
 def _import_factory(spec: str) -> Callable[[int], nn.Module]:
