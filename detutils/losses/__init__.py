@@ -1,7 +1,17 @@
 """Losses of the course's detectors."""
 
+from detutils.losses.dfl import distribution_focal_loss
+from detutils.losses.focal import quality_focal_loss, sigmoid_focal_loss, weight_reduce_loss
+from detutils.losses.gfl import gfl_loss
+from detutils.losses.iou import iou_loss
 from detutils.losses.yolo import yolov3_loss
 
 __all__: list[str] = [
+    "distribution_focal_loss",
+    "gfl_loss",
+    "iou_loss",
+    "quality_focal_loss",
+    "sigmoid_focal_loss",
+    "weight_reduce_loss",
     "yolov3_loss",
 ]

@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 from torch import nn
 
+from detutils.models.nanodet import build_nanodet_m
 from detutils.models.yolov3 import build_yolov3, build_yolov3_tiny
 
 __all__ = ["DETECTORS", "build_detector"]
@@ -28,6 +29,7 @@ __all__ = ["DETECTORS", "build_detector"]
 DETECTORS: dict[str, Callable[[int], nn.Module]] = {
     "yolov3": build_yolov3,
     "yolov3-tiny": build_yolov3_tiny,
+    "nanodet-m": build_nanodet_m,
 }
 
 

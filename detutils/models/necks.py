@@ -1,0 +1,66 @@
+"""Necks: mix the backbone's feature maps across levels before the heads read them.
+
+NanoDet's PAN (path aggregation network, Liu et al., CVPR 2018) in its lightest form:
+
+1. a 1x1 conv per level (with bias, no norm, no activation) brings every map to the
+   same number of channels;
+2. top-down: from the coarsest level down, each map adds its coarser neighbour
+   upsampled x2 (bilinear), so fine maps learn what the coarse ones see;
+3. bottom-up: from the finest level up, each map adds its (already mixed) finer
+   neighbour downsampled x0.5 (bilinear), so coarse maps get the fine detail back.
+
+No 3x3 conv follows the sums (NanoDet-m has none), so the neck has only the 1x1
+convs' weights. The resampling uses ``scale_factor`` as the reference does, so each
+map must be exactly twice the size of the next: an input side that is a multiple of
+the largest stride.
+
+Reference: NanoDet ``nanodet/model/fpn/pan.py`` and ``fpn.py`` (weights initialised
+Xavier-uniform, biases 0).
+"""
+
+from collections.abc import Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["PAN"]
+
+
+class PAN(nn.Module):
+    """Top-down then bottom-up sums of 1x1-projected feature maps.
+
+    Args:
+        in_channels: channels of each input map, finest first (116, 232, 464).
+        out_channels: channels of every output map (96 in NanoDet-m).
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int) -> None:
+        super().__init__()
+        if len(in_channels) < 1 or out_channels < 1:
+            raise ValueError(
+                f"PAN needs input channels per level and out_channels >= 1, got "
+                f"{list(in_channels)} and {out_channels}"
+            )
+        self.in_channels, self.out_channels = tuple(in_channels), out_channels
+        self.lateral_convs = nn.ModuleList(
+            nn.Conv2d(channels, out_channels, kernel_size=1) for channels in in_channels
+        )
+        for conv in self.lateral_convs:
+            nn.init.xavier_uniform_(conv.weight)
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """L maps (B, in_channels[l], H_l, W_l), finest first -> L maps (B, out, H_l, W_l)."""
+        if len(features) != len(self.lateral_convs):
+            raise ValueError(f"PAN expects {len(self.lateral_convs)} maps, got {len(features)}")
+        # 1. Project every level to out_channels.
+        maps = [conv(x) for conv, x in zip(self.lateral_convs, features, strict=True)]
+        # 2. Top-down: coarse to fine.
+        for level in range(len(maps) - 1, 0, -1):
+            upsampled = F.interpolate(maps[level], scale_factor=2, mode="bilinear")
+            maps[level - 1] = maps[level - 1] + upsampled
+        # 3. Bottom-up: fine to coarse.
+        for level in range(len(maps) - 1):
+            downsampled = F.interpolate(maps[level], scale_factor=0.5, mode="bilinear")
+            maps[level + 1] = maps[level + 1] + downsampled
+        return maps
