@@ -6,7 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from detutils.assigners import build_yolov3_targets
+from detutils.assigners import build_yolov3_targets, pad_ground_truth
 from detutils.losses import yolov3_loss
 from detutils.models.yolov3 import (
     YOLOV3_PRESETS,
@@ -15,7 +15,6 @@ from detutils.models.yolov3 import (
     build_yolov3,
     build_yolov3_tiny,
     init_head_biases,
-    pad_ground_truth,
 )
 
 BUILDERS = {"yolov3": build_yolov3, "yolov3-tiny": build_yolov3_tiny}
@@ -116,21 +115,6 @@ def test_head_bias_initialisation():
     assert (stride32[:, :4] == 0).all()
     # What it buys: the first objectness probability is about 8 / 400 = 0.02, not 0.5.
     assert torch.sigmoid(stride32[0, 4]).item() == pytest.approx(0.02, abs=0.001)
-
-
-def test_pad_ground_truth():
-    targets = [
-        {"boxes": torch.tensor([[1.0, 2, 3, 4], [5, 6, 7, 8]]), "labels": torch.tensor([2, 0])},
-        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
-    ]
-    gt_boxes, gt_labels, gt_mask = pad_ground_truth(targets)
-    assert gt_boxes.shape == (2, 2, 4) and gt_labels.tolist() == [[2, 0], [0, 0]]
-    assert gt_mask.tolist() == [[True, True], [False, False]]
-    torch.testing.assert_close(gt_boxes[0], targets[0]["boxes"])
-    empty = pad_ground_truth([targets[1], targets[1]])
-    assert empty[0].shape == (2, 0, 4) and empty[2].shape == (2, 0)
-    with pytest.raises(ValueError, match=r"targets\[0\]"):
-        pad_ground_truth([{"boxes": torch.zeros(3), "labels": torch.zeros(3)}])
 
 
 TARGETS = [

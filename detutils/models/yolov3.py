@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from detutils.assigners.batch import pad_ground_truth
 from detutils.assigners.wh_iou import build_yolov3_targets
 from detutils.engine.postprocess import postprocess_detections
 from detutils.losses.yolo import yolov3_loss
@@ -56,7 +57,6 @@ __all__ = [
     "build_yolov3",
     "build_yolov3_tiny",
     "init_head_biases",
-    "pad_ground_truth",
 ]
 
 CFG_DIR = Path(__file__).parent / "cfg"
@@ -106,39 +106,6 @@ def init_head_biases(
             bias = conv.bias.view(head.num_anchors, 5 + head.num_classes)  # (A, 5 + C)
             bias[:, 4] += math.log(objects_per_image / (image_size / head.stride) ** 2)
             bias[:, 5:] += math.log(0.6 / (head.num_classes - 0.99))
-
-
-def pad_ground_truth(
-    targets: list[dict[str, Tensor]], device: torch.device | str | None = None
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-image ground truth -> padded ``gt_boxes (B, M, 4)``, ``gt_labels (B, M)``, ``gt_mask``.
-
-    Args:
-        targets: B dicts ``{"boxes": (M_i, 4) xyxy px, "labels": (M_i,)}``.
-        device: of the results (default: that of the first image's boxes).
-
-    Returns:
-        gt_boxes (B, M, 4) float, gt_labels (B, M) long, gt_mask (B, M) bool; M is the
-        largest M_i (0 when no image has a box); padded entries are zeros and False.
-    """
-    if device is None:
-        device = targets[0]["boxes"].device if targets else "cpu"
-    num_gt = max((len(target["boxes"]) for target in targets), default=0)
-    gt_boxes = torch.zeros(len(targets), num_gt, 4, device=device)
-    gt_labels = torch.zeros(len(targets), num_gt, dtype=torch.long, device=device)
-    gt_mask = torch.zeros(len(targets), num_gt, dtype=torch.bool, device=device)
-    for image, target in enumerate(targets):
-        boxes, labels = target["boxes"], target["labels"]
-        if boxes.dim() != 2 or boxes.shape[-1] != 4 or labels.shape != boxes.shape[:1]:
-            raise ValueError(
-                f"targets[{image}]: boxes must be (M, 4) and labels (M,), got "
-                f"{tuple(boxes.shape)} and {tuple(labels.shape)}"
-            )
-        count = len(boxes)
-        gt_boxes[image, :count] = boxes.to(device=device, dtype=torch.float32)
-        gt_labels[image, :count] = labels.to(device=device, dtype=torch.long)
-        gt_mask[image, :count] = True
-    return gt_boxes, gt_labels, gt_mask
 
 
 def _cfg_path(cfg: str | Path) -> Path:
