@@ -104,6 +104,12 @@ def _execute(nb, cwd: Path, timeout: int | None, env: dict[str, str]) -> None:
         os.environ.update(saved)
 
 
+def _stable_ids(nb) -> None:
+    """Number the cells: jupytext draws random ids, which would churn every stored file."""
+    for index, cell in enumerate(nb.cells):
+        cell.id = f"cell-{index:03d}"
+
+
 def refresh_notebook(source: Path, schedule: str = "ci", timeout: int = REFRESH_TIMEOUT) -> Path:
     """Convert ``NN_topic.py`` to ``NN_topic.ipynb`` and execute it in place.
 
@@ -123,8 +129,7 @@ def refresh_notebook(source: Path, schedule: str = "ci", timeout: int = REFRESH_
     nb = jupytext.read(source)
     env = {"DETUTILS_SCHEDULE": schedule, "DETUTILS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     _execute(nb, source.parent, timeout, env)
-    for index, cell in enumerate(nb.cells):
-        cell.id = f"cell-{index:03d}"  # stable ids keep the stored notebook's diff to real changes
+    _stable_ids(nb)
     target = source.with_suffix(".ipynb")
     jupytext.write(nb, target, fmt="ipynb")
     return target
@@ -143,6 +148,7 @@ def make_exercise(nb):
             cell.metadata["tags"] = [t for t in cell.metadata["tags"] if t != SOLUTION_TAG]
         cell.outputs = []
         cell.execution_count = None
+    _stable_ids(student)
     return student
 
 
