@@ -28,6 +28,7 @@ from detutils import current_schedule
 
 __all__ = [
     "setup",
+    "stored_schedule",
     "course_notebooks",
     "refresh_notebook",
     "make_exercise",
@@ -110,11 +111,23 @@ def _stable_ids(nb) -> None:
         cell.id = f"cell-{index:03d}"
 
 
-def refresh_notebook(source: Path, schedule: str = "ci", timeout: int = REFRESH_TIMEOUT) -> Path:
+def stored_schedule(source: Path) -> str:
+    """The schedule whose outputs a notebook stores: ``cpu`` for training notebooks.
+
+    A training notebook (``NN_<detector>_training``) shows a real CPU run to its
+    readers, and marks the cells that depend on it ``# NBVAL_IGNORE_OUTPUT``, so that
+    nbval can re-run it on the quick ``ci`` schedule; every other notebook stores ``ci``.
+    """
+    return "cpu" if Path(source).stem.endswith("_training") else "ci"
+
+
+def refresh_notebook(
+    source: Path, schedule: str | None = None, timeout: int | None = REFRESH_TIMEOUT
+) -> Path:
     """Convert ``NN_topic.py`` to ``NN_topic.ipynb`` and execute it in place.
 
-    The stored outputs are those nbval compares, so this runs with one torch thread
-    and the given schedule, as ``make test`` does.
+    The stored outputs are those nbval compares, so this runs with one torch thread,
+    as ``make test`` does, and the schedule ``stored_schedule`` gives unless one is named.
 
     Returns:
         the path of the executed ``.ipynb``.
@@ -127,6 +140,7 @@ def refresh_notebook(source: Path, schedule: str = "ci", timeout: int = REFRESH_
     if not source.is_file():
         raise FileNotFoundError(f"no notebook source {source}")
     nb = jupytext.read(source)
+    schedule = schedule or stored_schedule(source)
     env = {"DETUTILS_SCHEDULE": schedule, "DETUTILS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     _execute(nb, source.parent, timeout, env)
     _stable_ids(nb)
@@ -217,7 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     refresh = commands.add_parser("refresh", help="execute notebooks and store their outputs")
     refresh.add_argument("notebooks", nargs="*", type=Path, help="default: every notebook")
-    refresh.add_argument("--schedule", default="ci", choices=["ci", "cpu", "gpu"])
+    refresh.add_argument(
+        "--schedule",
+        choices=["ci", "cpu", "gpu"],
+        help="default: cpu for training notebooks, else ci",
+    )
     commands.add_parser("exercises", help="write the student versions")
     run = commands.add_parser("run", help="execute the whole course into a build folder")
     run.add_argument("--build", type=Path, default=REPO_ROOT / "build")
@@ -228,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "refresh":
         for source in args.notebooks or course_notebooks():
             start = time.perf_counter()
-            target = refresh_notebook(source, schedule=args.schedule)
+            timeout = None if stored_schedule(source) != "ci" else REFRESH_TIMEOUT
+            target = refresh_notebook(source, schedule=args.schedule, timeout=timeout)
             print(f"{target} ({time.perf_counter() - start:.1f} s)", flush=True)
     elif args.command == "exercises":
         for target in write_exercises():

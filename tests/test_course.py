@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from detutils import current_schedule
-from detutils.course import EXERCISE_STUB, course_notebooks, make_exercise, setup
+from detutils.course import (
+    EXERCISE_STUB,
+    course_notebooks,
+    make_exercise,
+    setup,
+    stored_schedule,
+)
 
 
 def _notebook():
@@ -78,3 +84,8 @@ def test_student_version_is_up_to_date(source):
     assert _cells(nbformat.read(student, as_version=4)) == _cells(expected)
     tagged = [c for c in jupytext.read(source).cells if "solution" in c.metadata.get("tags", [])]
     assert len(tagged) >= 3, "each notebook has at least three exercises"
+
+
+def test_training_notebooks_store_a_cpu_run():
+    assert stored_schedule("notebooks/13_yolov3_training.py") == "cpu"
+    assert stored_schedule("notebooks/11_yolov3_targets.py") == "ci"
