@@ -1,0 +1,615 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 21 · NanoDet: ATSS, each box sets its own threshold
+#
+# Notebook 20 left NanoDet with 2100 priors at 320 px, each predicting class scores
+# and a box. Training must first decide which priors learn which ground-truth box:
+# the *assignment*. Faster R-CNN and RetinaNet compare every prior with every box and
+# call it positive above one fixed IoU, the same for every box. Zhang et al. (2020)
+# found that much of the gap between anchor-based and anchor-free detectors came from
+# this choice alone, and proposed Adaptive Training Sample Selection (ATSS): each box
+# picks a few candidates near its centre on every level and sets its own threshold
+# from their IoUs. NanoDet uses ATSS on *grid cells*, squares of 5 strides centred
+# on each cell. This notebook runs ATSS by hand, step by step, on one 320-px image
+# with three boxes of very different sizes, and compares it with what a fixed IoU
+# threshold would have done.
+#
+# **Learning goals**
+#
+# 1. Run the five steps of ATSS by hand for one box: candidates per level by centre
+#    distance, their IoUs, the threshold mean + standard deviation, the centre test.
+# 2. Read `explain_atss` tables and `draw_assignment` figures for small, medium and
+#    large boxes, and see each size land on its own level.
+# 3. Resolve a prior wanted by two boxes.
+# 4. Explain why a fixed IoU threshold gives a small box nothing, and what ATSS does
+#    instead.
+# 5. Assign a padded batch with `assign_atss_batched` and check it against the
+#    per-image assigner.
+#
+# **Prerequisites**: notebook 01 (IoU), notebook 02 (grid cells, flat prior index),
+# notebook 20 (NanoDet's levels and priors).
+
+# %%
+# %matplotlib inline
+# %config InlineBackend.figure_formats = ['png']
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (versions and device differ from machine to machine)
+from detutils.course import setup
+
+device = setup()["device"]
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+from detutils import boxes as box_ops
+from detutils.assigners import (
+    BACKGROUND,
+    assign_atss,
+    assign_atss_batched,
+    explain_atss,
+    pad_ground_truth,
+)
+from detutils.data.shapes import CLASS_NAMES, render_sample
+from detutils.priors import grid_cells
+from detutils.viz import draw_assignment, draw_boxes, draw_priors
+
+
+def load_sample(index, split="train", size=320):
+    """One image of the shapes set with its boxes (M, 4) xyxy px and labels (M,)."""
+    image, _, objects = render_sample(seed=0, split=split, index=index, size=size)
+    boxes = [obj["bbox"] for obj in objects]
+    gt_boxes = box_ops.xywh_to_xyxy(torch.tensor(boxes, dtype=torch.float32).view(-1, 4))
+    gt_labels = torch.tensor([obj["label"] for obj in objects], dtype=torch.long)
+    return image, gt_boxes, gt_labels
+
+
+# %% [markdown]
+# ## 1. Three boxes and 2100 grid cells
+#
+# The image of notebook 20: a large star (232 × 186 px), a cross cut by the image
+# border (67 × 89 px) and a small star of 10 × 10 px, each a different COCO size class.
+
+# %%
+image, gt_boxes, gt_labels = load_sample(1797)
+gt_boxes, gt_labels = gt_boxes.to(device), gt_labels.to(device)
+sizes = (gt_boxes[:, 2:] - gt_boxes[:, :2]).cpu()  # (M, 2) w, h px
+areas = sizes.prod(dim=1)
+pd.DataFrame(
+    {
+        "class": [CLASS_NAMES[label] for label in gt_labels.tolist()],
+        "xyxy": [tuple(int(v) for v in box) for box in gt_boxes.tolist()],
+        "w x h": [f"{w:.0f} x {h:.0f}" for w, h in sizes.tolist()],
+        "COCO size": ["small" if a < 32**2 else "medium" if a < 96**2 else "large" for a in areas],
+    }
+).rename_axis("box")
+
+# %%
+names = ["0 large star", "1 cross", "2 small star"]
+ax = draw_boxes(image, gt_boxes.cpu(), gt_labels.cpu(), class_names=CLASS_NAMES)
+ax.set_title("train image 1797: three boxes")
+plt.show()
+
+# %% [markdown]
+# NanoDet's priors for ATSS are the grid cells of notebook 02: on each level, a square
+# of side 5 × stride centred on each cell, so 40, 80 and 160 px. The head never sees
+# them; they only give ATSS a box to measure IoUs with.
+
+# %%
+strides = [8, 16, 32]
+feature_sizes = [(320 // stride, 320 // stride) for stride in strides]
+cells, num_per_level = grid_cells(feature_sizes, strides, cell_scale=5.0, device=device)
+level_starts = [0, num_per_level[0], num_per_level[0] + num_per_level[1]]
+print(f"cells {tuple(cells.shape)}, per level {num_per_level}, levels start at {level_starts}")
+
+# %% [markdown]
+# ## 2. ATSS by hand, for the cross
+#
+# The algorithm, for one ground-truth box (steps numbered as in
+# `detutils.assigners.atss`; mmdet's `ATSSAssigner` splits step 1 in two):
+#
+# 1. the IoU of every prior with the box, and the distance from every prior's centre
+#    to the box's centre;
+# 2. on each level, the k = 9 priors whose centres are nearest: 27 *candidates*;
+# 3. the box's threshold: mean + standard deviation of the candidates' IoUs;
+# 4. positive: a candidate whose IoU reaches the threshold and whose centre lies inside
+#    the box (by more than 0.01 px);
+# 5. a prior positive for several boxes learns the one it overlaps most.
+#
+# ### 2.1 IoUs and centre distances
+
+# %%
+box = gt_boxes[1]  # the cross, (4,) xyxy px
+prior_centres = (cells[:, :2] + cells[:, 2:]) / 2  # (A, 2)
+box_centre = (box[:2] + box[2:]) / 2  # (2,)
+iou = box_ops.box_iou(cells, box[None])[:, 0]  # (A,)
+distance = (prior_centres - box_centre).pow(2).sum(dim=-1).sqrt()  # (A,)
+print(f"box centre {box_centre.tolist()}; iou {tuple(iou.shape)}, distance {tuple(distance.shape)}")
+
+# %% [markdown]
+# ### 2.2 The nearest nine on each level
+#
+# Centre distance, not IoU, picks the candidates: on every level, whatever the box's
+# size, the nine cells around its centre. Equal distances are common on a grid (a box
+# centred on a cell corner has four nearest cells); a stable sort takes the lowest
+# prior index first, so the result does not depend on the device.
+
+# %%
+topk = 9
+candidates = []
+for start, count in zip(level_starts, num_per_level, strict=True):
+    nearest = torch.sort(distance[start : start + count], stable=True).indices[:topk]  # (9,)
+    candidates.append(nearest + start)
+candidates = torch.cat(candidates)  # (27,) flat prior indices
+candidate_level = torch.arange(3, device=device).repeat_interleave(topk)  # (27,)
+candidate_iou = iou[candidates]  # (27,)
+print("candidates:", candidates.tolist())
+
+# %% [markdown]
+# ### 2.3 The threshold: mean + standard deviation
+#
+# The candidates' IoUs summarise how well this box fits the priors. Their mean says
+# how good a typical candidate is, their (unbiased) standard deviation how much the
+# levels differ: when one level fits much better than the others, the spread is large
+# and the threshold rises above the poor levels, leaving the good level's candidates.
+
+# %%
+iou_mean = candidate_iou.mean()
+iou_std = candidate_iou.std()  # unbiased: divides by K - 1 = 26
+threshold = iou_mean + iou_std
+passes_iou = candidate_iou >= threshold  # (27,)
+per_level = candidate_iou.view(3, topk)
+print(f"mean {iou_mean.item():.4f} + std {iou_std.item():.4f} = threshold {threshold.item():.4f}")
+print("mean IoU per level:", [f"{v:.4f}" for v in per_level.mean(dim=1).tolist()])
+
+# %% [markdown]
+# The 80-px cells of stride 16 fit a 67 × 89 box far better than the 40-px and
+# 160-px cells; the five best of them clear the threshold, nothing else does.
+#
+# ### 2.4 The centre test
+#
+# A candidate's centre is the point its distances start from (notebook 20); a point
+# outside the box would have to learn negative distances. So a positive's centre must
+# lie inside the box, by more than 0.01 px on every side:
+
+# %%
+centres = prior_centres[candidates]  # (27, 2)
+sides = torch.stack(
+    [
+        centres[:, 0] - box[0],  # left
+        centres[:, 1] - box[1],  # top
+        box[2] - centres[:, 0],  # right
+        box[3] - centres[:, 1],  # bottom
+    ],
+    dim=1,
+)  # (27, 4)
+center_inside = sides.min(dim=1).values > 0.01
+positive = passes_iou & center_inside
+print(f"pass IoU {int(passes_iou.sum())}, centre inside {int(center_inside.sum())}")
+print(f"positive (both): {int(positive.sum())}")
+
+# %% [markdown]
+# ### 2.5 Checked against `explain_atss`
+#
+# `detutils.assigners.explain_atss` runs the same steps for every box of an image and
+# keeps every intermediate; its `table(j)` lists box j's candidates. From here on ATSS
+# lives in `detutils.assigners` (`assign_atss` returns only the final assignment).
+
+# %%
+explanation = explain_atss(cells, num_per_level, gt_boxes, gt_labels, topk=9)
+torch.testing.assert_close(explanation.candidate_index[1], candidates)
+torch.testing.assert_close(explanation.candidate_distance[1], distance[candidates])
+torch.testing.assert_close(explanation.candidate_iou[1], candidate_iou)
+torch.testing.assert_close(explanation.iou_threshold[1], threshold)
+torch.testing.assert_close(explanation.center_inside[1], center_inside)
+torch.testing.assert_close(explanation.positive[1], positive)
+cross_table = explanation.table(1)
+cross_table
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3.5))
+for level, marker in zip(range(3), "os^", strict=True):
+    rows = cross_table[cross_table["level"] == level]
+    ax.scatter(rows["distance"], rows["iou"], marker=marker, label=f"stride {strides[level]}")
+ax.axhline(iou_mean.item(), color="0.5", linestyle="--", label="mean")
+ax.axhline(threshold.item(), color="tab:red", label="mean + std")
+ax.set_xlabel("centre distance (px)")
+ax.set_ylabel("IoU with the cross")
+ax.set_title("the cross's 27 candidates")
+ax.legend(fontsize=8)
+plt.show()
+
+# %% [markdown]
+# The candidates on the image: per level, the nine cells nearest the cross's centre
+# (blue), the positives in red, the cross in black.
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+for level, ax in enumerate(axes):
+    level_rows = candidate_level == level
+    draw_priors(
+        image,
+        cells[candidates[level_rows]].cpu(),
+        ax=ax,
+        every=1,
+        highlight=positive[level_rows].cpu().numpy(),
+        title=f"stride {strides[level]}: {int(positive[level_rows].sum())} positive",
+    )
+    x1, y1, x2, y2 = box.tolist()
+    ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, color="k", linewidth=2))
+plt.show()
+
+# %% [markdown]
+# ## 3. Three boxes, three levels
+#
+# The same steps for the three boxes at once: every step gains a box dimension M.
+# Step 5 now matters: a prior claimed by several boxes learns the one with the highest
+# IoU (here no prior is claimed twice; section 4 builds a case).
+
+
+# %%
+def atss_inline(priors, num_per_level, gt_boxes, topk=9, center_eps=0.01):
+    """ATSS of one image, as above with a box dimension: -> gt index of each prior (A,)."""
+    prior_centres = (priors[:, :2] + priors[:, 2:]) / 2  # (A, 2)
+    gt_centres = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2  # (M, 2)
+    iou = box_ops.box_iou(priors, gt_boxes).T  # (M, A)
+    distance = (prior_centres[None] - gt_centres[:, None]).pow(2).sum(-1).sqrt()  # (M, A)
+    candidates, start = [], 0  # 2.
+    for count in num_per_level:
+        order = torch.sort(distance[:, start : start + count], dim=1, stable=True).indices
+        candidates.append(order[:, :topk] + start)  # (M, k)
+        start += count
+    candidates = torch.cat(candidates, dim=1)  # (M, K)
+    candidate_iou = iou.gather(1, candidates)  # (M, K)  3.
+    threshold = candidate_iou.mean(dim=1) + candidate_iou.std(dim=1)  # (M,)
+    centres = prior_centres[candidates]  # (M, K, 2)  4.
+    sides = torch.cat([centres - gt_boxes[:, None, :2], gt_boxes[:, None, 2:] - centres], dim=-1)
+    positive = (candidate_iou >= threshold[:, None]) & (sides.min(dim=-1).values > center_eps)
+    claimed = torch.full_like(iou, -torch.inf)  # (M, A)  5.
+    claimed.scatter_(1, candidates, torch.where(positive, candidate_iou, -torch.inf))
+    best_iou, best_gt = claimed.max(dim=0)  # (A,) each
+    return torch.where(best_iou > -torch.inf, best_gt, BACKGROUND)
+
+
+gt_index = atss_inline(cells, num_per_level, gt_boxes)
+result = assign_atss(cells, num_per_level, gt_boxes, gt_labels)
+torch.testing.assert_close(gt_index, result.gt_index)
+torch.testing.assert_close(result.gt_index, explanation.result.gt_index)
+print("inline ATSS == assign_atss;", result.num_positive, "positives of", len(cells))
+
+# %% [markdown]
+# Per box: its threshold, and where its positives are.
+
+# %%
+summary = pd.DataFrame(
+    {
+        "box": names,
+        "iou mean": explanation.iou_mean.tolist(),
+        "iou std": explanation.iou_std.tolist(),
+        "threshold": explanation.iou_threshold.tolist(),
+        **{
+            f"pos stride {stride}": [
+                int((result.gt_index[start : start + count] == j).sum()) for j in range(3)
+            ]
+            for stride, start, count in zip(strides, level_starts, num_per_level, strict=True)
+        },
+    }
+)
+summary
+
+# %%
+positives = summary[[f"pos stride {stride}" for stride in strides]].to_numpy()
+assert positives.tolist() == [[0, 0, 6], [0, 5, 0], [1, 0, 0]]
+claimed = explanation.candidate_index[explanation.positive]  # every claim of every box
+assert len(claimed.unique()) == len(claimed) == result.num_positive  # none claimed twice
+print("large -> stride 32, medium -> stride 16, small -> stride 8")
+
+# %% [markdown]
+# Nobody told ATSS which level suits which size: the threshold found it. For each box
+# one level's cells fit much better than the others', which pulls the standard
+# deviation up and the threshold above the other levels. The assignment, one panel
+# per level (cells of the positives drawn in the colour of their box; grey dots are
+# background):
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+for level, ax in enumerate(axes):
+    start, count = level_starts[level], num_per_level[level]
+    draw_assignment(
+        image,
+        cells[start : start + count].cpu(),
+        gt_boxes.cpu(),
+        result.gt_index[start : start + count].cpu(),
+        ax=ax,
+        gt_labels=gt_labels.cpu(),
+        class_names=CLASS_NAMES,
+        title=f"stride {strides[level]} ({5 * strides[level]} px cells)",
+    )
+plt.show()
+
+# %% [markdown]
+# The small star is the interesting one. Its candidates on the stride-8 level are 40-px
+# cells; any of them that contains the whole 10 × 10 box has IoU 100 / 1600 = 0.0625,
+# which is all a 10-px box can reach against a 40-px cell. The threshold is relative,
+# so 0.0625 is enough: its mean + std is only 0.0531. Several cells pass the IoU test;
+# the centre test keeps the one whose centre falls on the star.
+
+# %%
+small_table = explanation.table(2)
+small_table[small_table["level"] == 0]
+
+# %%
+assert abs(explanation.iou_threshold[2].item() - 0.0531) < 1e-4
+assert small_table["passes_iou"].sum() > small_table["positive"].sum() == 1
+print(f"small star: max IoU over all cells {box_ops.box_iou(cells, gt_boxes[2:]).max().item():.4f}")
+
+# %% [markdown]
+# ## 4. A prior wanted by two boxes
+#
+# Two objects close together: two 64-px boxes, the second shifted by 16 px right and
+# 8 px down. Both pick their candidates independently, and a prior can pass both
+# boxes' tests. Step 5 settles it: the prior learns the box it overlaps most (among
+# equal IoUs, the lower box index).
+
+# %%
+pair = torch.tensor([[100.0, 100.0, 164.0, 164.0], [116.0, 108.0, 180.0, 172.0]], device=device)
+pair_labels = torch.tensor([0, 0], device=device)
+pair_explanation = explain_atss(cells, num_per_level, pair, pair_labels)
+claims = torch.zeros(2, len(cells), dtype=torch.bool, device=device)  # (M, A)
+for j in range(2):
+    claims[j, pair_explanation.candidate_index[j][pair_explanation.positive[j]]] = True
+contested = claims.all(dim=0).nonzero().flatten()  # priors claimed by both
+pair_iou = box_ops.box_iou(cells[contested], pair)  # (n, 2)
+pair_result = pair_explanation.result
+pd.DataFrame(
+    {
+        "prior": contested.tolist(),
+        "centre": [tuple(c) for c in ((cells[contested, :2] + cells[contested, 2:]) / 2).tolist()],
+        "IoU box 0": pair_iou[:, 0].tolist(),
+        "IoU box 1": pair_iou[:, 1].tolist(),
+        "learns box": pair_result.gt_index[contested].tolist(),
+    }
+)
+
+# %%
+assert len(contested) == 1
+torch.testing.assert_close(pair_result.gt_index[contested], pair_iou.argmax(dim=1))
+print("claims per box:", claims.sum(dim=1).tolist())
+print("positives per box after step 5:", [int((pair_result.gt_index == j).sum()) for j in range(2)])
+
+# %%
+start, count = level_starts[1], num_per_level[1]
+ax = draw_assignment(
+    (320, 320),
+    cells[start : start + count].cpu(),
+    pair.cpu(),
+    pair_result.gt_index[start : start + count].cpu(),
+)
+centre = ((cells[contested, :2] + cells[contested, 2:]) / 2).cpu()
+ax.scatter(centre[:, 0], centre[:, 1], s=120, facecolors="none", edgecolors="k", label="contested")
+ax.legend(loc="lower right", fontsize=8)
+ax.set_title("two boxes, stride 16: the contested prior learns box 0")
+plt.show()
+
+# %% [markdown]
+# ## 5. What a fixed IoU threshold would have done
+#
+# The classic assigner (Faster R-CNN's RPN, RetinaNet; mmdet's `MaxIoUAssigner`)
+# needs no candidates and no statistics: each prior takes the box it overlaps most,
+# and is positive if that IoU reaches a fixed `pos_iou_thr` (0.5 in RetinaNet),
+# background below `neg_iou_thr` (0.4), ignored in between. On the same grid cells:
+
+
+# %%
+def assign_max_iou_inline(priors, gt_boxes, pos_iou_thr=0.5):
+    """Each prior -> its best box if that IoU reaches pos_iou_thr, else BACKGROUND; (A,)."""
+    best_iou, best_gt = box_ops.box_iou(priors, gt_boxes).max(dim=1)  # (A,) each
+    return torch.where(best_iou >= pos_iou_thr, best_gt, BACKGROUND)
+
+
+max_iou_index = assign_max_iou_inline(cells, gt_boxes)
+best_per_box = box_ops.box_iou(cells, gt_boxes).max(dim=0)  # values and indices (M,)
+pd.DataFrame(
+    {
+        "box": names,
+        "best IoU of any cell": best_per_box.values.tolist(),
+        "ATSS threshold": explanation.iou_threshold.tolist(),
+        "positives max-IoU 0.5": [int((max_iou_index == j).sum()) for j in range(3)],
+        "positives ATSS": [int((result.gt_index == j).sum()) for j in range(3)],
+    }
+)
+
+# %% [markdown]
+# For the large star and the cross the two agree, prior for prior: their cells fit
+# well, and both thresholds land in the same gap. The small star gets nothing from
+# the fixed threshold: its best IoU with any cell is 0.0625, and no threshold that
+# makes sense for the other two boxes can be that low. A detector trained this way
+# never learns small objects. (RetinaNet patches this with "low-quality matches":
+# every box also gets the priors it overlaps most, whatever the IoU; in mmdet's
+# `MaxIoUAssigner` all of those tied at the maximum. For the small star, 16 cells tie
+# at 0.0625 and only one of them has its centre on the star: 15 of its positives
+# would have to learn a box that does not contain their own point.)
+
+# %%
+same = (max_iou_index >= 0) & (result.gt_index >= 0)
+assert torch.equal(max_iou_index[result.gt_index != 2], result.gt_index[result.gt_index != 2])
+assert int((max_iou_index == 2).sum()) == 0 and int((result.gt_index == 2).sum()) == 1
+print(f"{int(same.sum())} positives shared by both assigners")
+small_iou = box_ops.box_iou(cells, gt_boxes[2:])[:, 0]  # (A,)
+tied = (small_iou == small_iou.max()).nonzero().flatten()
+tied_centres = (cells[tied, :2] + cells[tied, 2:]) / 2  # (16, 2)
+on_star = ((tied_centres > gt_boxes[2, :2]) & (tied_centres < gt_boxes[2, 2:])).all(dim=1)
+print(f"{len(tied)} cells tie at IoU {small_iou.max().item():.4f}; centre on the star: ", end="")
+print(tied[on_star].tolist())
+assert len(tied) == 16 and tied[on_star].tolist() == [341]
+
+# %% [markdown]
+# Any fixed threshold is a compromise between box sizes: lower it and the large boxes
+# flood with positives while the small star still gets nothing; raise it and the
+# large star, whose best cell reaches 0.5933, loses all of its own. Positives per box
+# as the threshold moves, against ATSS's single answer:
+
+# %%
+thresholds = [0.3, 0.4, 0.5, 0.6, 0.7]
+sweep = pd.DataFrame(
+    {
+        f"max-IoU {thr}": [
+            int((assign_max_iou_inline(cells, gt_boxes, thr) == j).sum()) for j in range(3)
+        ]
+        for thr in thresholds
+    },
+    index=names,
+)
+sweep["ATSS"] = [int((result.gt_index == j).sum()) for j in range(3)]
+sweep
+
+# %%
+assert (sweep.loc["2 small star", [f"max-IoU {thr}" for thr in thresholds]] == 0).all()
+assert sweep.loc["0 large star", "max-IoU 0.3"] > 2 * sweep.loc["0 large star", "ATSS"]
+assert sweep.loc["0 large star", "max-IoU 0.6"] == 0
+
+# %% [markdown]
+# ## 6. A batch at once
+#
+# Training assigns a batch. `assign_atss_batched` takes the boxes padded to the largest
+# count M with a mask (`pad_ground_truth`), runs the same five steps with a batch
+# dimension, and equals `assign_atss` image by image exactly. A batch of three: our
+# image, image 0 of the validation split (seven boxes), and an image with no box.
+
+# %%
+_, val_boxes, val_labels = load_sample(0, split="val")
+targets = [
+    {"boxes": gt_boxes, "labels": gt_labels},
+    {"boxes": val_boxes.to(device), "labels": val_labels.to(device)},
+    {"boxes": torch.zeros(0, 4, device=device), "labels": torch.zeros(0, dtype=torch.long)},
+]
+padded_boxes, padded_labels, mask = pad_ground_truth(targets, device)
+print("padded:", tuple(padded_boxes.shape), tuple(padded_labels.shape), tuple(mask.shape))
+print("mask:", mask.int().tolist())
+
+# %%
+batched = assign_atss_batched(cells, num_per_level, padded_boxes, padded_labels, mask)
+for image_index, target in enumerate(targets):
+    single = assign_atss(cells, num_per_level, target["boxes"], target["labels"].to(device))
+    for field_batched, field_single in zip(batched, single, strict=True):
+        torch.testing.assert_close(field_batched[image_index], field_single)
+assert (batched.gt_index[2] == BACKGROUND).all()
+print("batched == per image; positives per image:", batched.positive.sum(dim=1).tolist())
+
+# %% [markdown]
+# ## Recap
+#
+# - ATSS, per box: the 9 priors nearest its centre on each level are its candidates;
+#   its threshold is the mean + (unbiased) standard deviation of their IoUs; a
+#   candidate is positive if its IoU reaches the threshold and its centre is inside
+#   the box by more than 0.01 px; a prior claimed twice learns the box it overlaps most.
+# - NanoDet runs it on grid cells of 5 strides: 2100 at 320 px, three levels.
+# - The threshold adapts to the box: the level whose cells fit the box stands out,
+#   so large, medium and small boxes land on strides 32, 16 and 8 by themselves.
+# - A fixed IoU threshold treats every box alike: a 10-px box, whose best IoU with a
+#   40-px cell is 0.0625, gets no positive at all.
+# - `explain_atss` keeps every intermediate, `assign_atss` gives the assignment of an
+#   image, `assign_atss_batched` that of a padded batch, equal to the loop.
+#
+# ## Exercises
+#
+# **Exercise 1.** How many candidates does a box get with `topk=3`, `topk=9` and
+# `topk=150` on NanoDet's three levels? Predict, then check with `explain_atss`, and
+# see how the cross's number of positives changes.
+
+# %% tags=["solution"]
+# K = sum over levels of min(topk, priors of the level): 9, 27, and 150 + 150 + 100 = 400.
+for k, expected in [(3, 9), (9, 27), (150, 400)]:
+    explained = explain_atss(cells, num_per_level, gt_boxes, gt_labels, topk=k)
+    assert explained.candidate_index.shape == (3, expected)
+    print(f"topk {k:3d}: {expected} candidates, cross positives {int(explained.positive[1].sum())}")
+
+# %% [markdown]
+# **Exercise 2.** Thin objects. Two horizontal bars 12 px high, centred on the image:
+# one 120 px long, one 240 px long. Count the positives each gets from max-IoU at 0.5
+# and from ATSS. One of the results shows that ATSS guarantees nothing: explain it
+# from the bar's 27 candidate IoUs.
+
+# %% tags=["solution"]
+bar_labels = torch.tensor([0], device=device)
+bar_counts = {}
+for length in (120, 240):
+    bar = torch.tensor([[160.0 - length / 2, 154.0, 160.0 + length / 2, 166.0]], device=device)
+    bar_explained = explain_atss(cells, num_per_level, bar, bar_labels)
+    bar_counts[length] = (
+        int((assign_max_iou_inline(cells, bar) == 0).sum()),
+        bar_explained.result.num_positive,
+    )
+    level_iou = bar_explained.candidate_iou[0].view(3, 9)  # (levels, topk)
+    print(f"{length} px bar: max-IoU {bar_counts[length][0]}, ATSS {bar_counts[length][1]}")
+    print(
+        "  candidate IoUs per level (min, max):",
+        [(f"{row.min().item():.4f}", f"{row.max().item():.4f}") for row in level_iou],
+    )
+    print(f"  threshold {bar_explained.iou_threshold[0].item():.4f}")
+assert bar_counts[120] == (0, 7) and bar_counts[240] == (0, 0)
+# Both bars are longer than the spread of a level's nine candidates, so within a level
+# the candidates overlap the bar (nearly) alike, and the spread of the 27 IoUs comes
+# from the differences between levels. For the 120 px bar the stride-8 level stands
+# well above the others (0.1875 against at most 0.1395): mean + std falls between
+# them, and the stride-8 candidates whose centre is on the bar are positive. For the
+# 240 px bar the two best levels almost tie (0.1200 and 0.1154): two thirds of the
+# candidates sit near the top, and mean + std (0.1247) lands above the best IoU of all.
+# No candidate passes; the bar is never learnt. mmdet's ATSS behaves the same.
+
+# %% [markdown]
+# **Exercise 3.** The 0.01 margin: build a box whose left side passes exactly through
+# the centre of a stride-8 cell, and check that this cell fails the centre test while
+# its right neighbour passes. (Cell `(y, x)` of stride 8 is centred on
+# `(8x + 4, 8y + 4)`.)
+
+# %% tags=["solution"]
+# Cells (y=20, x=20) and (y=20, x=21) are centred on (164, 164) and (172, 164).
+edge_box = torch.tensor([[164.0, 150.0, 184.0, 178.0]], device=device)
+edge = explain_atss(cells, num_per_level, edge_box, torch.tensor([0], device=device))
+on_edge, inside = 20 * 40 + 20, 20 * 40 + 21
+table = edge.table(0).set_index("prior")
+print(table.loc[[on_edge, inside], ["distance", "iou", "center_inside"]])
+assert not table.loc[on_edge, "center_inside"] and table.loc[inside, "center_inside"]
+
+# %% [markdown]
+# **Exercise 4.** Two identical boxes of two classes (two labels on one object, as
+# COCO sometimes has). Every prior is claimed by both with the same IoU: which box
+# does each positive learn? Check with `assign_atss`.
+
+# %% tags=["solution"]
+# Equal IoUs: the lower box index wins, so box 0 takes every positive and box 1 none.
+twins = gt_boxes[1:2].repeat(2, 1)
+twin_result = assign_atss(cells, num_per_level, twins, torch.tensor([1, 4], device=device))
+assert int((twin_result.gt_index == 1).sum()) == 0
+assert (twin_result.labels[twin_result.positive] == 1).all()
+print(f"box 0: {int((twin_result.gt_index == 0).sum())} positives, box 1: none")
+
+# %% [markdown]
+# ## Further reading
+#
+# - S. Zhang et al., *Bridging the Gap Between Anchor-based and Anchor-free Detection
+#   via Adaptive Training Sample Selection*, CVPR 2020,
+#   <https://arxiv.org/abs/1912.02424> (section 3.2, algorithm 1)
+# - mmdet `ATSSAssigner`
+#   (`mmdet/models/task_modules/assigners/atss_assigner.py`),
+#   <https://github.com/open-mmlab/mmdetection>
+# - NanoDet's copy, used on grid cells
+#   (`nanodet/model/head/assigner/atss_assigner.py`, `gfl_head.py` `get_grid_cells`),
+#   <https://github.com/RangiLyu/nanodet>
+# - T.-Y. Lin et al., *Focal Loss for Dense Object Detection*, ICCV 2017 (RetinaNet's
+#   0.5 / 0.4 max-IoU assignment), <https://arxiv.org/abs/1708.02002>
+# - X. Li et al., *Generalized Focal Loss*, NeurIPS 2020 (GFL keeps ATSS as its
+#   assigner), <https://arxiv.org/abs/2006.04388>
