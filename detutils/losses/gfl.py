@@ -45,6 +45,7 @@ from detutils.engine.distributed import all_reduce_mean
 from detutils.losses.dfl import distribution_focal_loss
 from detutils.losses.focal import quality_focal_loss
 from detutils.losses.iou import iou_loss
+from detutils.trace import record
 
 __all__ = ["gfl_loss"]
 
@@ -174,6 +175,9 @@ def _gfl_loss(
     target_boxes = gt_boxes[image_index, matched].to(cls_logits.dtype) / strides  # (P, 4)
     positive_dist = dist_logits[image_index, prior_index]  # (P, 4 (R + 1))
     pred_boxes = decode_distance(centers, dfl_distances(positive_dist))  # (P, 4)
+    record("positive_priors", prior_index)
+    record("target_boxes", target_boxes)
+    record("pred_boxes", pred_boxes)
     with torch.no_grad():
         weights = cls_logits.sigmoid().amax(dim=-1)[image_index, prior_index]  # (P,)
 
@@ -183,6 +187,8 @@ def _gfl_loss(
     # values equal NanoDet's, which divides by max(union, 1e-6).
     scores = torch.zeros_like(positive, dtype=cls_logits.dtype)  # (B, A)
     scores[image_index, prior_index] = box_iou_aligned(pred_boxes.detach(), target_boxes, eps=0.0)
+    record("weights", weights)
+    record("quality_targets", scores)
 
     # 4. Quality focal loss over every prior and class (IGNORE priors weigh 0).
     loss_qfl = quality_focal_loss(
@@ -206,6 +212,7 @@ def _gfl_loss(
 
     # 6. Distribution focal loss over the positives' four sides.
     target_distances = encode_distance(centers, target_boxes, max_dist=reg_max, eps=dfl_eps)
+    record("target_distances", target_distances)
     loss_dfl = distribution_focal_loss(
         positive_dist.reshape(-1, reg_max + 1),  # (4 P, R + 1)
         target_distances.reshape(-1),  # (4 P,)
