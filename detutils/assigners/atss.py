@@ -37,9 +37,9 @@ Where this module pins down what the reference leaves open, or differs from it:
   the unbiased standard deviation is undefined (NaN) and, as in the reference, the box
   gets no positive.
 - A box can end with no positive even with many candidates, as in the reference: when
-  its candidates' IoUs are all alike but one or two (a long thin bar whose two best
-  levels tie, say), mean + std can land above every candidate that passes the centre
-  test (notebook 21, exercise 2).
+  a few candidates overlap it a little and the rest hardly at all (a long thin bar
+  whose two best levels tie, say), mean + std can exceed the best candidate's IoU
+  (notebook 21, exercise 2).
 - mmdet's ``ignore_iof_thr`` (priors covered by "ignore" boxes) is not implemented;
   NanoDet sets it to -1, off.
 
