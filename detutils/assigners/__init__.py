@@ -15,6 +15,11 @@ from detutils.assigners.atss import (  # noqa: E402
 )
 from detutils.assigners.batch import pad_ground_truth  # noqa: E402
 from detutils.assigners.result import AssignResult  # noqa: E402
+from detutils.assigners.tal import (  # noqa: E402
+    TaskAlignedResult,
+    assign_task_aligned,
+    assign_task_aligned_dense,
+)
 from detutils.assigners.wh_iou import YOLOv3Targets, build_yolov3_targets, wh_iou  # noqa: E402
 
 __all__ = [
@@ -22,9 +27,12 @@ __all__ = [
     "AssignResult",
     "BACKGROUND",
     "IGNORE",
+    "TaskAlignedResult",
     "YOLOv3Targets",
     "assign_atss",
     "assign_atss_batched",
+    "assign_task_aligned",
+    "assign_task_aligned_dense",
     "build_yolov3_targets",
     "explain_atss",
     "pad_ground_truth",

@@ -21,6 +21,7 @@ from torch import nn
 
 from detutils.models.nanodet import build_nanodet_m
 from detutils.models.yolov3 import build_yolov3, build_yolov3_tiny
+from detutils.models.yolov8 import build_yolov8n, build_yolov8s
 
 __all__ = ["DETECTORS", "build_detector"]
 
@@ -30,6 +31,8 @@ DETECTORS: dict[str, Callable[[int], nn.Module]] = {
     "yolov3": build_yolov3,
     "yolov3-tiny": build_yolov3_tiny,
     "nanodet-m": build_nanodet_m,
+    "yolov8n": build_yolov8n,
+    "yolov8s": build_yolov8s,
 }
 
 
