@@ -51,6 +51,20 @@ def test_schedule_checks_fields_and_replaces():
         TrainSchedule(ema_decay=1.0)
 
 
+def test_a_schedule_in_iterations_overrides_the_epochs():
+    assert TrainSchedule(epochs=3).total_iterations(iterations_per_epoch=10) == 30
+    assert TrainSchedule(epochs=3, iterations=7).total_iterations(iterations_per_epoch=10) == 7
+    with pytest.raises(ValueError, match="iterations must be >= 0"):
+        TrainSchedule(iterations=-1)
+    schedule = TrainSchedule(epochs=3, iterations=7, lr=1.0, warmup_epochs=0.0)
+    optimizer = build_optimizer(nn.Linear(2, 2), schedule)
+    scheduler = build_lr_scheduler(optimizer, schedule, iterations_per_epoch=10)
+    for _ in range(6):  # the cosine reaches its end at iteration 6 (0-based), the 7th step
+        optimizer.step()
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(schedule.final_lr_fraction)
+
+
 def test_schedule_round_trips_through_a_dict():
     schedule = TrainSchedule(step_milestones=(0.5, 0.75), max_minutes=2.5)
     values = schedule.to_dict()

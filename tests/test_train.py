@@ -97,6 +97,20 @@ def test_non_finite_loss_stops_and_keeps_the_last_checkpoint(shapes, tmp_path, m
     ]  # no temporary file left
 
 
+def test_a_run_of_iterations_ends_inside_an_epoch(shapes, tmp_path):
+    # 6 iterations at 4 per epoch: all of epoch 1, half of epoch 2; the cosine is planned
+    # over the 6 (epochs is ignored) and the run evaluates once, at its end.
+    result = run(shapes, tmp_path, epochs=5, iterations=6)
+    assert (result.epochs_done, result.iterations) == (2, 6)
+    train_log, eval_log = read_training_log(tmp_path)
+    assert train_log["epoch"].tolist() == [1, 1, 1, 1, 2, 2]
+    schedule = result.model.config.schedules["ci"].replace(iterations=6)
+    expected_lr = [schedule.lr * lr_factor(i, 6, schedule, warmup=2) for i in range(6)]
+    assert train_log["lr"].tolist() == pytest.approx(expected_lr, rel=1e-5)
+    assert eval_log["iteration"].tolist() == [4, 6]  # eval_interval 1, and the end
+    assert load_checkpoint(result.checkpoint)["iteration"] == 6
+
+
 def test_time_budget_stops_cleanly_and_evaluates(shapes, tmp_path):
     result = run(shapes, tmp_path, epochs=3, max_minutes=1e-9)  # spent before iteration 1 ends
     assert result.out_of_time and result.iterations == 1 and result.epochs_done == 1

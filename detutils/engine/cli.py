@@ -1,7 +1,7 @@
 """The three commands: train, evaluate and predict.
 
     python -m detutils.train --model NAME --data DIR [--schedule ci|cpu|gpu] [--epochs N]
-        [--batch N] [--img-size S] [--lr LR] [--device auto|cpu|cuda] [--amp]
+        [--iterations N] [--batch N] [--img-size S] [--lr LR] [--device auto|cpu|cuda] [--amp]
         [--workers N] [--out runs/NAME] [--resume CKPT]
     python -m detutils.evaluate --model NAME --ckpt CKPT --data DIR
     python -m detutils.predict --model NAME --ckpt CKPT --image PATH --out PNG
@@ -131,6 +131,9 @@ def train_main(argv: list[str] | None = None) -> int:
         "--schedule", choices=SCHEDULES, help="default: $DETUTILS_SCHEDULE, else gpu or cpu"
     )
     parser.add_argument("--epochs", type=int, help="passes over the training set")
+    parser.add_argument(
+        "--iterations", type=int, help="optimizer steps of the whole run (instead of epochs)"
+    )
     parser.add_argument("--batch", type=int, help="images per step and per process")
     parser.add_argument("--lr", type=float, help="peak learning rate")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="AMP (CUDA only)")
@@ -182,8 +185,11 @@ def _train(args: argparse.Namespace) -> int:
         if schedule_name not in schedules:
             raise UsageError(f"model {model.name!r} has no {schedule_name!r} schedule")
         base = schedules[schedule_name]
+    # --epochs alone replaces a schedule given in iterations; --iterations wins over both.
+    iterations = 0 if args.epochs is not None and args.iterations is None else args.iterations
     overrides = {
         "epochs": args.epochs,
+        "iterations": iterations,
         "batch_size": args.batch,
         "img_size": args.img_size,
         "lr": args.lr,

@@ -4,6 +4,10 @@ A ``TrainSchedule`` holds every number of a training run. Each detector's config
 holds three of them, ``schedules["ci"|"cpu"|"gpu"]``: seconds for the tests, minutes
 on a laptop CPU, and the full GPU recipe. Command-line flags override single fields.
 
+A run lasts ``epochs`` passes over the training set, or exactly ``iterations``
+optimizer steps when that is set (a run shorter than one epoch, or one that ends
+mid-epoch: the schedule of a few-minute budget).
+
 The learning rate is set every iteration: a linear warm-up from
 ``warmup_start_factor * lr`` to ``lr`` over the first ``warmup_epochs`` epochs
 (counted in iterations, so a fraction of an epoch works), then a cosine decay to
@@ -41,6 +45,7 @@ class TrainSchedule:
     """Every number of a training run; ``replace(**overrides)`` gives a modified copy."""
 
     epochs: int = 12  # passes over the training set
+    iterations: int = 0  # optimizer steps of the whole run; 0: epochs x steps per epoch
     batch_size: int = 16  # images per step and per process (DDP: each rank takes this many)
     img_size: int = 640  # side of the square, letterboxed network input (px)
     optimizer: str = "sgd"  # "sgd" (Nesterov momentum) or "adamw"
@@ -76,7 +81,8 @@ class TrainSchedule:
             raise ValueError(f"schedule field lr_schedule must be one of {LR_SCHEDULES}")
         if not self.lr > 0:
             raise ValueError(f"schedule field lr must be positive, got {self.lr}")
-        for name in ("weight_decay", "warmup_epochs", "grad_clip", "workers", "eval_interval"):
+        non_negative = ("iterations", "weight_decay", "warmup_epochs", "grad_clip", "workers")
+        for name in (*non_negative, "eval_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"schedule field {name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.warmup_start_factor <= 1 or not 0 <= self.final_lr_fraction <= 1:
@@ -85,6 +91,10 @@ class TrainSchedule:
             raise ValueError(f"schedule field ema_decay must lie in [0, 1), got {self.ema_decay}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"schedule field max_minutes must be positive, got {self.max_minutes}")
+
+    def total_iterations(self, iterations_per_epoch: int) -> int:
+        """Optimizer steps of the whole run: ``iterations``, else ``epochs`` full epochs."""
+        return self.iterations or self.epochs * iterations_per_epoch
 
     def replace(self, **overrides: Any) -> "TrainSchedule":
         """A copy with some fields changed; ``None`` values leave a field as it is."""
@@ -197,7 +207,7 @@ def build_lr_scheduler(
         torchvision ``references/detection/train.py`` (warm-up, then cosine or
         multi-step, per iteration); ultralytics ``one_cycle`` cosine.
     """
-    total = schedule.epochs * iterations_per_epoch
+    total = schedule.total_iterations(iterations_per_epoch)
     warmup = round(schedule.warmup_epochs * iterations_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda iteration: lr_factor(iteration, total, schedule, warmup)

@@ -14,6 +14,7 @@ and a checkpoint written atomically by rank 0. ``resume`` restores every state, 
 a killed run continues exactly where its last checkpoint left it.
 """
 
+import math
 import random
 import time
 import warnings
@@ -192,10 +193,13 @@ def train(
     eval_log = CsvLog(out_dir / EVAL_LOG if write else "", write, keep_before_epoch=keep)
     deadline = time.monotonic() + 60 * schedule.max_minutes if schedule.max_minutes else None
     out_of_time, epochs_done, checkpoint = False, start_epoch, None
-    for epoch in range(start_epoch, schedule.epochs):
+    # A run of ``schedule.iterations`` steps ends inside its last epoch.
+    total_iterations = schedule.total_iterations(len(loader))
+    num_epochs = math.ceil(total_iterations / len(loader))
+    for epoch in range(start_epoch, num_epochs):
         set_loader_epoch(loader, epoch, schedule.seed, context.rank)
         network.train()
-        description = f"epoch {epoch + 1}/{schedule.epochs}"
+        description = f"epoch {epoch + 1}/{num_epochs}"
         for images, targets in progress_bar(
             loader, len(loader), description, progress and context.is_main
         ):
@@ -229,11 +233,11 @@ def train(
             iteration += 1
             row = {"epoch": epoch + 1, "iteration": iteration, "lr": learning_rate}
             train_log.write(row | dict(zip(names, values.tolist(), strict=True)))
-            if out_of_time:
+            if out_of_time or iteration == total_iterations:
                 break
 
         epochs_done = epoch + 1
-        last = epochs_done == schedule.epochs or out_of_time
+        last = epochs_done == num_epochs or out_of_time
         interval = schedule.eval_interval
         if val_set is not None and (last or (interval and epochs_done % interval == 0)):
             eval_model = ema.model if ema is not None else model
