@@ -89,3 +89,12 @@ def test_student_version_is_up_to_date(source):
 def test_training_notebooks_store_a_cpu_run():
     assert stored_schedule("notebooks/13_yolov3_training.py") == "cpu"
     assert stored_schedule("notebooks/11_yolov3_targets.py") == "ci"
+
+
+def test_readme_course_map_lists_every_notebook():
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    listed = re.findall(r"^\| \[`(\d\d_[a-z0-9_]+)`\]\(notebooks/", readme, re.M)
+    assert listed == [p.stem for p in course_notebooks()]
