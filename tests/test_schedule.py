@@ -65,6 +65,28 @@ def test_a_schedule_in_iterations_overrides_the_epochs():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(schedule.final_lr_fraction)
 
 
+def test_lr_by_time_follows_the_larger_of_the_two_clocks():
+    with pytest.raises(ValueError, match="lr_by_time needs max_minutes"):
+        TrainSchedule(lr_by_time=True)
+    schedule = TrainSchedule(iterations=11, lr=1.0, warmup_epochs=0.0, max_minutes=1.0)
+    spent = [0.0]
+    timed = schedule.replace(lr_by_time=True)
+    optimizer = build_optimizer(nn.Linear(2, 2), timed)
+    scheduler = build_lr_scheduler(optimizer, timed, 100, time_spent=lambda: spent[0])
+    seen = []
+    for fraction in (0.0, 0.05, 0.5, 0.5, 1.0):  # the clock after each step
+        seen.append(optimizer.param_groups[0]["lr"])
+        spent[0] = fraction
+        optimizer.step()
+        scheduler.step()
+    seen.append(optimizer.param_groups[0]["lr"])
+    # Steps 1 and 2 keep to the plan (0.05 of 10 is 0); then the clock says 5 of 10 twice
+    # (step 3 is behind it, step 4 at it), then 10: the floor, at step 5 of 11.
+    steps = (0, 1, 2, 5, 5, 10)
+    assert seen == pytest.approx([lr_factor(i, 11, schedule, 0) for i in steps])
+    assert seen[-1] == pytest.approx(schedule.final_lr_fraction)
+
+
 def test_schedule_round_trips_through_a_dict():
     schedule = TrainSchedule(step_milestones=(0.5, 0.75), max_minutes=2.5)
     values = schedule.to_dict()

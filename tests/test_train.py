@@ -1,5 +1,6 @@
 """Tests of detutils.engine.train (and its loaders, logs and single-process collectives)."""
 
+import importlib
 import math
 
 import numpy as np
@@ -117,6 +118,36 @@ def test_time_budget_stops_cleanly_and_evaluates(shapes, tmp_path):
     assert set(result.metrics) >= {"AP", "AP50"}
     assert load_checkpoint(result.checkpoint)["epoch"] == 1
     assert len(read_training_log(tmp_path)[1]) == 1
+
+
+class SteppingClock:
+    """Stands in for the ``time`` module: ``monotonic`` is 0, then 6 s more at each call."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def monotonic(self) -> float:
+        self.calls += 1
+        return 6.0 * (self.calls - 1)
+
+
+def test_lr_by_time_ends_the_cosine_at_the_deadline(shapes, tmp_path, monkeypatch):
+    # 20 iterations planned, 30 s of budget, and a clock that moves 6 s per reading: the
+    # trainer reads it at the start (0 s: the deadline is 30 s) and at each iteration's
+    # loss (6k s). The learning rate's clock starts at the first loss (6 s: start-up costs
+    # do not count), so after iteration k the fraction spent is (6k - 6) / 24: 0, 1/4, 1/2,
+    # 3/4, 1. The schedule stands at the larger of the iterations done and
+    # floor(fraction * 19): 1, 4, 9, 14, then 19 (the floor of the cosine), and iteration
+    # 6 finds the deadline passed and is the last.
+    trainer_module = importlib.import_module("detutils.engine.train")  # the module, not train
+    monkeypatch.setattr(trainer_module, "time", SteppingClock())
+    result = run(shapes, tmp_path, iterations=20, max_minutes=0.5, lr_by_time=True)
+    assert result.out_of_time and result.iterations == 6
+    schedule = result.model.config.schedules["ci"].replace(iterations=20)
+    expected = [schedule.lr * lr_factor(i, 20, schedule, 2) for i in (0, 1, 4, 9, 14, 19)]
+    train_log, _ = read_training_log(tmp_path)
+    assert train_log["lr"].tolist() == pytest.approx(expected, rel=1e-5)
+    assert expected[-1] == pytest.approx(schedule.lr * schedule.final_lr_fraction)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks that CPU ignores AMP")

@@ -164,7 +164,8 @@ def train(
     if len(loader) == 0:
         raise ValueError("the training set is empty: no batch to train on")
     optimizer = build_optimizer(model, schedule)
-    lr_scheduler = build_lr_scheduler(optimizer, schedule, len(loader))
+    spent = [0.0]  # fraction of the time budget spent, the same on every rank (lr_by_time)
+    lr_scheduler = build_lr_scheduler(optimizer, schedule, len(loader), lambda: spent[0])
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     start_epoch, iteration, metrics = 0, 0, {}
     if resume is not None:
@@ -191,7 +192,9 @@ def train(
     keep = start_epoch + 1 if resume is not None else None
     train_log = CsvLog(out_dir / TRAIN_LOG if write else "", write, keep_before_epoch=keep)
     eval_log = CsvLog(out_dir / EVAL_LOG if write else "", write, keep_before_epoch=keep)
-    deadline = time.monotonic() + 60 * schedule.max_minutes if schedule.max_minutes else None
+    budget = 60 * schedule.max_minutes if schedule.max_minutes else None
+    deadline = time.monotonic() + budget if budget else None
+    clock_start = None  # lr_by_time: the clock starts at the first loss, after start-up costs
     out_of_time, epochs_done, checkpoint = False, start_epoch, None
     # A run of ``schedule.iterations`` steps ends inside its last epoch.
     total_iterations = schedule.total_iterations(len(loader))
@@ -209,12 +212,17 @@ def train(
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 outputs = network(images)
                 losses = model.loss(outputs, targets)
-            # 2. averaged over the ranks; out-of-time rides along so all ranks stop together
+            # 2. averaged over the ranks; the clock rides along so all ranks stop together
             names = ["loss"] + sorted(name for name in losses if name != "loss")
-            late = float(deadline is not None and time.monotonic() > deadline)
+            now = time.monotonic()
+            late = float(deadline is not None and now > deadline)
+            clock_start = now if clock_start is None else clock_start
+            span = max(deadline - clock_start, 1e-6) if deadline else None
+            fraction = (now - clock_start) / span if span else 0.0
             values = torch.stack([losses[name].detach().float() for name in names])
-            reduced = all_reduce_mean(torch.cat([values, values.new_tensor([late])]))
-            values, out_of_time = reduced[:-1].cpu(), bool(reduced[-1] > 0)
+            reduced = all_reduce_mean(torch.cat([values, values.new_tensor([late, fraction])]))
+            values, out_of_time = reduced[:-2].cpu(), bool(reduced[-2] > 0)
+            spent[0] = float(reduced[-1])
             if not torch.isfinite(values).all():
                 raise NonFiniteLossError(_loss_message(epoch + 1, iteration + 1, names, values))
             # 3. backward, unscale, clip, step
