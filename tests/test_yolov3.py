@@ -7,6 +7,9 @@ import pytest
 import torch
 
 from detutils.assigners import build_yolov3_targets, pad_ground_truth
+from detutils.data import CocoDetection, build_transforms, find_split, generate_shapes
+from detutils.engine import load_checkpoint, read_training_log, train
+from detutils.engine.schedule import lr_factor
 from detutils.losses import yolov3_loss
 from detutils.models.yolov3 import (
     YOLOV3_PRESETS,
@@ -15,6 +18,7 @@ from detutils.models.yolov3 import (
     build_yolov3,
     build_yolov3_tiny,
     init_head_biases,
+    yolov3_schedules,
 )
 
 BUILDERS = {"yolov3": build_yolov3, "yolov3-tiny": build_yolov3_tiny}
@@ -225,7 +229,7 @@ def test_config_presets_and_factories():
     assert model.config.num_classes == 5 and YOLOV3_PRESETS["yolov3-tiny"].num_classes == 80
     assert model.name == "yolov3-tiny" and model.num_classes == 5
     model.config.schedules["ci"] = {}
-    assert YOLOV3_PRESETS["yolov3-tiny"].schedules == {}  # the preset is not shared
+    assert YOLOV3_PRESETS["yolov3-tiny"].schedules == yolov3_schedules()  # not shared
     with pytest.raises(ValueError, match="multiple of 32"):
         YOLOv3(YOLOv3Config(cfg="yolov3-tiny.cfg", img_size=100))
 
@@ -299,3 +303,60 @@ def test_cuda_matches_cpu(tiny):
         dets = model.predict(model(images.cuda()), score_thr=0.0)
     assert dets[0]["boxes"].device.type == "cuda"
     tiny.to("cpu")
+
+
+def test_each_preset_has_the_three_schedules():
+    for preset in YOLOV3_PRESETS.values():
+        assert set(preset.schedules) == {"ci", "cpu", "gpu"}
+        for schedule in preset.schedules.values():
+            assert schedule.img_size % 32 == 0  # the largest stride
+    ci, cpu, gpu = (yolov3_schedules()[name] for name in ("ci", "cpu", "gpu"))
+    # ci: a few single-threaded steps on tiny images, no worker processes.
+    assert ci.iterations <= 5 and ci.img_size <= 64 and (ci.threads, ci.workers) == (1, 0)
+    # cpu: planned in iterations, one evaluation at the end, a time guard under 10 minutes
+    # that the learning rate follows on a machine slower than planned.
+    assert cpu.iterations > 0 and cpu.eval_interval == 0 and cpu.max_minutes < 10
+    assert cpu.lr_by_time
+    assert cpu.optimizer == "adamw" and not cpu.amp and not cpu.ema
+
+
+def test_the_cpu_cosine_ends_at_the_last_planned_iteration():
+    # Whatever the size of an epoch, the learning rate reaches its floor at the last of
+    # the planned iterations (steps per epoch: 2,000 shapes images in batches of 8).
+    cpu = yolov3_schedules()["cpu"]
+    steps_per_epoch = math.ceil(2000 / cpu.batch_size)
+    assert cpu.total_iterations(steps_per_epoch) == cpu.iterations
+    warmup = round(cpu.warmup_epochs * steps_per_epoch)
+    last = lr_factor(cpu.iterations - 1, cpu.iterations, cpu, warmup)
+    assert last == pytest.approx(cpu.final_lr_fraction)
+    assert lr_factor(warmup, cpu.iterations, cpu, warmup) == pytest.approx(1.0)
+
+
+def test_the_gpu_schedule_follows_the_reference_hyperparameters():
+    # ultralytics/yolov3 (archive) train.py: hyp lr0 0.01, momentum 0.937, weight decay
+    # 5e-4, SGD with Nesterov momentum, 300 epochs, 64 images per optimizer step, burn-in
+    # of 3 epochs, cosine to 0.05 of lr0, EMA of the weights, mixed precision.
+    gpu = yolov3_schedules()["gpu"]
+    assert (gpu.optimizer, gpu.lr, gpu.momentum, gpu.weight_decay) == ("sgd", 0.01, 0.937, 5e-4)
+    assert (gpu.epochs, gpu.iterations, gpu.batch_size) == (300, 0, 64)
+    assert (gpu.warmup_epochs, gpu.final_lr_fraction) == (3.0, 0.05)
+    assert gpu.ema and gpu.amp and gpu.augment
+
+
+def test_the_ci_schedule_trains_through_the_engine(tmp_path):
+    # The whole chain on a generated set of eight 64 px images: three iterations of
+    # four images (so the second epoch stops after one), a checkpoint, finite losses.
+    generate_shapes(tmp_path / "data", train=8, val=4, size=64, seed=0, workers=1)
+    ci = yolov3_schedules()["ci"]
+    train_set = CocoDetection(
+        *find_split(tmp_path / "data", "train"), transforms=build_transforms(ci.img_size, False)
+    )
+    torch.manual_seed(0)
+    model = build_yolov3_tiny(num_classes=train_set.num_classes)
+    result = train(model, train_set, ci, out_dir=tmp_path / "run", progress=False)
+    torch.set_num_threads(1)  # the trainer set the schedule's count; keep conftest's
+    assert (result.iterations, result.epochs_done) == (ci.iterations, 2)
+    train_log, _ = read_training_log(tmp_path / "run")
+    assert list(train_log.columns) == ["epoch", "iteration", "lr", "loss", "box", "cls", "obj"]
+    assert torch.isfinite(torch.tensor(train_log[["loss", "box", "obj", "cls"]].to_numpy())).all()
+    assert load_checkpoint(result.checkpoint)["schedule"] == ci.to_dict()
