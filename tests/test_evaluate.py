@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from detutils.data import CocoDetection, build_transforms, collate
-from detutils.engine.evaluate import coco_evaluate, detections_to_coco, evaluate
+from detutils.engine.evaluate import coco_evaluate, detections_to_coco, evaluate, merge_labels
 
 # COCOeval interpolates precision at 101 recall points 0.00, 0.01, ..., 1.00. A class
 # with two objects whose first detection is right and second wrong reaches recall 0.5
@@ -254,3 +254,66 @@ def test_evaluate_an_untrained_detector(wide_set):
     assert noisy.num_detections == 2 * 7  # 8 x 8 cells score > 0: max_det per image
     assert 0.0 <= noisy.metrics["AP"] <= 1.0
     assert np.isfinite(noisy.per_class["AP"]).all()
+
+
+def test_merge_labels_keeps_each_box_once_with_its_best_score():
+    boxes = torch.tensor([[0.0, 0, 10, 10], [5, 5, 20, 20], [0, 0, 10, 10]])
+    detections = {
+        "boxes": boxes,
+        "scores": torch.tensor([0.2, 0.5, 0.7]),
+        "labels": torch.tensor([0, 1, 2]),
+    }
+    merged = merge_labels(detections)
+    assert merged["boxes"].tolist() == [[0.0, 0, 10, 10], [5, 5, 20, 20]]
+    assert merged["scores"].tolist() == pytest.approx([0.7, 0.5])
+    assert merged["labels"].tolist() == [0, 0]
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "scores": torch.zeros(0),
+        "labels": torch.zeros(0, dtype=torch.long),
+    }
+    assert len(merge_labels(empty)["boxes"]) == 0
+
+
+class WrongNameOracle(OracleDetector):
+    """The ground truth's boxes under the other class (0 <-> 1), and again, at a lower
+    score, under the right one."""
+
+    def predict(self, outputs, score_thr, iou_thr, max_det):
+        detections = []
+        for detection in super().predict(outputs, score_thr, iou_thr, max_det):
+            count = len(detection["labels"])
+            detections.append(
+                {
+                    "boxes": detection["boxes"].repeat(2, 1),
+                    "scores": torch.cat([torch.full((count,), 0.9), torch.full((count,), 0.2)]),
+                    "labels": torch.cat([1 - detection["labels"], detection["labels"]]),
+                }
+            )
+        return detections
+
+
+def test_class_agnostic_evaluation_scores_boxes_only(tmp_path):
+    Image.new("RGB", (80, 50), (90, 90, 160)).save(tmp_path / "1.png")
+    annotations = [
+        {"id": k, "image_id": 1, "category_id": k, "bbox": box, "area": box[2] * box[3],
+         "iscrowd": 0}
+        for k, box in ((1, [5, 5, 30, 20]), (2, [40, 10, 35, 38]))
+    ]  # fmt: skip
+    categories = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]
+    images = [{"id": 1, "width": 80, "height": 50, "file_name": "1.png"}]
+    ann_file = tmp_path / "instances.json"
+    ann_file.write_text(
+        json.dumps({"images": images, "annotations": annotations, "categories": categories})
+    )
+    dataset = CocoDetection(tmp_path, ann_file, transforms=build_transforms(64, train=False))
+    named = evaluate(WrongNameOracle(dataset), DataLoader(dataset, collate_fn=collate))
+    boxes_only = evaluate(
+        WrongNameOracle(dataset), DataLoader(dataset, collate_fn=collate), class_agnostic=True
+    )
+    # Named: the right class comes second, after a false positive of each class.
+    assert named.metrics["AP50"] == pytest.approx(0.5, abs=0.01)
+    assert boxes_only.metrics["AP50"] == pytest.approx(1.0)
+    assert boxes_only.num_detections == 2  # each box once, with its best score
+    assert list(boxes_only.per_class.index) == ["object"]
+    assert dataset.coco.dataset["annotations"][1]["category_id"] == 2  # left as it was

@@ -28,7 +28,14 @@ from detutils.boxes import clip_boxes, xyxy_to_xywh
 from detutils.data.transforms import undo_letterbox
 from detutils.engine.distributed import all_gather_objects, broadcast_object
 
-__all__ = ["METRIC_NAMES", "EvalResult", "coco_evaluate", "detections_to_coco", "evaluate"]
+__all__ = [
+    "METRIC_NAMES",
+    "EvalResult",
+    "coco_evaluate",
+    "detections_to_coco",
+    "evaluate",
+    "merge_labels",
+]
 
 # The first six of COCOeval.stats, then AR with 100 detections (stats[8]).
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100")
@@ -170,6 +177,39 @@ def _mean_valid(values: np.ndarray) -> float:
 
 
 @torch.no_grad()
+def merge_labels(detections: dict[str, Any]) -> dict[str, Any]:
+    """One image's detections with every label 0 and each distinct box kept once.
+
+    A detector that reports a box under several classes (one per class above the score
+    threshold) gives identical boxes; merged, each keeps its highest score.
+    """
+    boxes, scores = detections["boxes"], detections["scores"]
+    if len(boxes) == 0:
+        return detections | {"labels": torch.zeros_like(detections["labels"])}
+    unique, inverse = torch.unique(boxes, dim=0, return_inverse=True)  # (U, 4), (N,)
+    best = scores.new_full((len(unique),), -math.inf).scatter_reduce(
+        0, inverse, scores, reduce="amax"
+    )  # (U,)
+    order = best.argsort(descending=True)
+    labels = torch.zeros(len(unique), dtype=detections["labels"].dtype)
+    return detections | {"boxes": unique[order], "scores": best[order], "labels": labels}
+
+
+def _one_category(coco: COCO) -> COCO:
+    """A copy of ``coco`` whose every annotation has category 0, "object"."""
+    merged = COCO()
+    merged.dataset = {
+        "images": coco.dataset["images"],
+        "categories": [{"id": 0, "name": "object"}],
+        "annotations": [
+            annotation | {"category_id": 0} for annotation in coco.dataset["annotations"]
+        ],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):  # createIndex prints its progress
+        merged.createIndex()
+    return merged
+
+
 def evaluate(
     model: nn.Module,
     loader: DataLoader,
@@ -178,6 +218,7 @@ def evaluate(
     iou_thr: float = 0.6,
     max_det: int = 100,
     verbose: bool = False,
+    class_agnostic: bool = False,
 ) -> EvalResult:
     """COCO metrics of ``model`` on the images of ``loader``.
 
@@ -194,6 +235,10 @@ def evaluate(
         score_thr, iou_thr, max_det: passed to ``model.predict``; the low default
             threshold is the usual one for COCO AP (it integrates the whole curve).
         verbose: print COCOeval's summary.
+        class_agnostic: score boxes only, not names: every ground-truth box and every
+            detection belong to one class, "object" (a box the model reports under
+            several classes counts once, with its best score). The gap to the usual
+            metrics is what wrong class names cost.
 
     Returns:
         ``EvalResult``; with no detections every AP is 0 (NaN where there is no gt).
@@ -242,8 +287,14 @@ def evaluate(
     if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
         detections = [image for rank_detections, _ in gathered for image in rank_detections]
         image_ids = [image_id for _, rank_ids in gathered for image_id in rank_ids]
-        records = detections_to_coco(detections, dataset.label_to_cat_id)
-        result = coco_evaluate(
-            dataset.coco, records, image_ids, dataset.class_names, dataset.label_to_cat_id, verbose
+        coco, class_names, label_to_cat_id = (
+            dataset.coco,
+            dataset.class_names,
+            dataset.label_to_cat_id,
         )
+        if class_agnostic:
+            detections = [merge_labels(image) for image in detections]
+            coco, class_names, label_to_cat_id = _one_category(coco), ["object"], [0]
+        records = detections_to_coco(detections, label_to_cat_id)
+        result = coco_evaluate(coco, records, image_ids, class_names, label_to_cat_id, verbose)
     return broadcast_object(result)
