@@ -39,6 +39,7 @@ from detutils.assigners import BACKGROUND, IGNORE
 
 __all__ = [
     "class_color",
+    "compare_detections",
     "draw_assignment",
     "draw_boxes",
     "draw_priors",
@@ -590,3 +591,43 @@ def plot_losses(
         ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     return ax
+
+
+def compare_detections(
+    samples: Sequence[tuple[Any, dict]],
+    detections: Sequence[dict],
+    class_names: Sequence[str] | None = None,
+    linewidth: float = 1.0,
+):
+    """Ground truth above, detections below: one column per image.
+
+    Args:
+        samples: ``(image (3, H, W), target)`` pairs; targets hold ``boxes`` and
+            ``labels``.
+        detections: one dict per image, ``{"boxes", "labels", "scores"}`` (any
+            device), e.g. what a detector's ``predict`` returns.
+        class_names: names indexed by class id.
+        linewidth: box line width in points.
+
+    Returns:
+        the matplotlib Figure (2 rows, ``len(samples)`` columns).
+    """
+    import matplotlib.pyplot as plt
+
+    if len(samples) != len(detections) or not samples:
+        raise ValueError(
+            f"need as many detections as samples (at least one), got {len(detections)} "
+            f"and {len(samples)}"
+        )
+    figure, axes = plt.subplots(2, len(samples), figsize=(3 * len(samples), 6.4), squeeze=False)
+    for column, ((image, target), found) in enumerate(zip(samples, detections, strict=True)):
+        draw_boxes(image, target["boxes"], target["labels"], class_names=class_names,
+                   ax=axes[0, column], linewidth=linewidth, title="ground truth")  # fmt: skip
+        found = {name: value.detach().cpu() for name, value in found.items()}
+        draw_boxes(image, found["boxes"], found["labels"], found["scores"],
+                   class_names=class_names, ax=axes[1, column], linewidth=linewidth,
+                   title=f"{len(found['boxes'])} detections")  # fmt: skip
+    for ax in axes.flat:
+        ax.axis("off")
+    figure.tight_layout()
+    return figure

@@ -15,6 +15,7 @@ from matplotlib.colors import to_rgb
 from detutils.assigners import BACKGROUND, IGNORE
 from detutils.viz import (
     class_color,
+    compare_detections,
     draw_assignment,
     draw_boxes,
     draw_priors,
@@ -350,3 +351,24 @@ def test_plot_losses_empty_and_bad_inputs():
         plot_losses(loss_log(), smooth=0)
     with pytest.raises(TypeError, match="df"):
         plot_losses({"iter": [0, 1]})
+
+
+def test_compare_detections_draws_ground_truth_over_detections():
+    image = torch.zeros(3, 40, 60)
+    target = {"boxes": torch.tensor([[1.0, 2, 20, 30]]), "labels": torch.tensor([1])}
+    found = {
+        "boxes": torch.tensor([[2.0, 2, 21, 30], [30, 5, 50, 25]]),
+        "labels": torch.tensor([1, 0]),
+        "scores": torch.tensor([0.9, 0.4]),
+    }
+    figure = compare_detections([(image, target)] * 2, [found, found], ["a", "b"])
+    axes = figure.axes
+    assert len(axes) == 4
+    assert [ax.get_title() for ax in axes] == ["ground truth", "ground truth"] + [
+        "2 detections"
+    ] * 2
+    assert len(axes[0].patches) == 1 and len(axes[2].patches) == 2
+    assert "b 0.90" in [text.get_text() for text in axes[2].texts]
+    plt.close(figure)
+    with pytest.raises(ValueError, match="as many detections as samples"):
+        compare_detections([(image, target)], [])
