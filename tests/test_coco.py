@@ -297,3 +297,23 @@ def test_image_of_the_wrong_size_is_named(tiny):
     Image.new("RGB", (10, 10)).save(image_dir / "a.png")
     with pytest.raises(CocoFormatError, match="a.png is 10x10 px but image id 1 .* says 40x30"):
         CocoDetection(image_dir, ann_file)[0]
+
+
+def test_cached_images_equal_the_files_and_outlive_them(tiny):
+    image_dir, ann_file = tiny
+    dataset = CocoDetection(image_dir, ann_file)
+    before = [dataset[index][0] for index in range(len(dataset))]
+    held = dataset.cache_images()
+    assert held == sum(image.numel() for image in before)  # one byte a value
+    for path in image_dir.iterdir():
+        path.unlink()  # read from memory from now on
+    for index, image in enumerate(before):
+        torch.testing.assert_close(dataset[index][0], image)
+    assert dataset.cache_images() == held  # a second call decodes nothing
+
+
+def test_caching_names_an_undecodable_file(tiny):
+    image_dir, ann_file = tiny
+    (image_dir / "a.png").write_bytes(b"not a png")
+    with pytest.raises(CocoFormatError, match="a.png"):
+        CocoDetection(image_dir, ann_file).cache_images()

@@ -254,12 +254,34 @@ class CocoDetection(torch.utils.data.Dataset):
         self.num_classes = len(self.label_to_cat_id)
         self.image_ids = sorted(self.coco.imgs)
         self.transforms = transforms
+        self._cache: dict[int, torch.Tensor] = {}  # image id -> (3, H, W) uint8
+
+    def cache_images(self) -> int:
+        """Decode every image once and keep it in memory (uint8, 3 bytes a pixel).
+
+        Later reads skip the file. Call it before the DataLoader starts its worker
+        processes: forked workers share the decoded pixels instead of each decoding
+        the files again every epoch (the shapes set: about 0.6 GB, seconds to fill).
+
+        Returns:
+            the bytes held.
+        """
+        for image_id in self.image_ids:
+            if image_id not in self._cache:
+                self._cache[image_id] = self._decode(image_id)
+        return sum(image.numel() for image in self._cache.values())
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
     def load_image(self, image_id: int) -> torch.Tensor:
         """The image file of ``image_id`` as (3, H, W) float32 in [0, 1]."""
+        cached = self._cache.get(image_id)
+        image = cached if cached is not None else self._decode(image_id)
+        return image.float() / 255.0
+
+    def _decode(self, image_id: int) -> torch.Tensor:
+        """The image file of ``image_id`` as (3, H, W) uint8, its size checked."""
         entry = self.coco.imgs[image_id]
         path = self.image_dir / entry["file_name"]
         if not path.is_file():
@@ -277,7 +299,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 f"{path} is {image.shape[2]}x{image.shape[1]} px but image id {image_id} of "
                 f"{self.ann_file} says {entry['width']}x{entry['height']}"
             )
-        return image.float() / 255.0
+        return image
 
     def load_target(self, image_id: int) -> dict:
         """Target of ``image_id`` at the file's size: crowd and empty boxes left out."""
