@@ -1,7 +1,11 @@
-"""Train YOLOv3-tiny on the `cpu` schedule and measure AP50 against wall-clock minutes.
+"""Train a detector on its `cpu` schedule and measure AP50 against wall-clock minutes.
 
-    python benchmarks/yolov3_cpu_budget.py [--data data/shapes] [--out runs/yolov3-tiny-budget]
-        [--schedule cpu] [--snapshot-seconds 60] [--model yolov3-tiny]
+    python benchmarks/cpu_budget.py --model yolov3-tiny [--data data/shapes]
+        [--out runs/<model>-budget] [--schedule cpu] [--snapshot-seconds 60]
+        [--set field=value ...]
+
+``--set`` changes fields of the schedule (``--set img_size=256 --set lr=0.001``), to
+compare variants of a schedule under the same measurement.
 
 One run of the engine's trainer, exactly as ``python -m detutils.train`` runs it (same
 schedule, data, transforms and seed), timed from the start of this script to the end
@@ -29,14 +33,16 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
 from detutils.data.coco import CocoDetection, find_split  # noqa: E402
+from detutils.data.mosaic import build_train_set  # noqa: E402
 from detutils.data.transforms import build_transforms  # noqa: E402
 from detutils.engine.distributed import init_distributed  # noqa: E402
 from detutils.engine.evaluate import evaluate  # noqa: E402
 from detutils.engine.loader import build_eval_loader  # noqa: E402
+from detutils.engine.schedule import TrainSchedule  # noqa: E402
 from detutils.engine.train import seed_everything, train  # noqa: E402
 from detutils.models import build_detector  # noqa: E402
 
-__all__ = ["SnapshotRecorder", "main"]
+__all__ = ["SnapshotRecorder", "main", "parse_overrides"]
 
 
 class SnapshotRecorder:
@@ -68,11 +74,37 @@ class SnapshotRecorder:
         del self.model.loss
 
 
+def parse_overrides(schedule: TrainSchedule, pairs: list[str]) -> dict:
+    """``["lr=0.001", "augment=false"]`` to ``{"lr": 0.001, "augment": False}``.
+
+    A value takes the type of the field's current value in ``schedule`` (a field that
+    is ``None``, such as ``max_minutes``, takes a float, or ``none``).
+    """
+    overrides = {}
+    for pair in pairs:
+        name, _, text = pair.partition("=")
+        if not hasattr(schedule, name) or not text:
+            raise SystemExit(f"--set {pair!r}: expected FIELD=VALUE with a schedule field")
+        current = getattr(schedule, name)
+        if text.lower() == "none":
+            overrides[name] = None
+        elif isinstance(current, bool):
+            overrides[name] = text.lower() in ("1", "true", "yes")
+        elif isinstance(current, int):
+            overrides[name] = int(text)
+        elif isinstance(current, float) or current is None:
+            overrides[name] = float(text)
+        else:
+            overrides[name] = text
+    return overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path("data/shapes"))
-    parser.add_argument("--out", type=Path, default=Path("runs/yolov3-tiny-budget"))
-    parser.add_argument("--model", default="yolov3-tiny")
+    parser.add_argument("--out", type=Path, default=None, help="default runs/<model>-budget")
+    parser.add_argument("--model", required=True, help="a detector name, e.g. yolov3-tiny")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--schedule", default="cpu", choices=["ci", "cpu", "gpu"])
     parser.add_argument("--snapshot-seconds", type=float, default=60.0)
     parser.add_argument("--device", default="cpu")
@@ -84,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(0)  # as the command line does, before building the model
     model = build_detector(args.model, num_classes=train_set.num_classes)
     schedule = model.config.schedules[args.schedule]
-    train_set.transforms = build_transforms(schedule.img_size, train=schedule.augment)
+    schedule = schedule.replace(**parse_overrides(schedule, args.set))
+    args.out = args.out or Path("runs") / f"{args.model}-budget"
+    train_set = build_train_set(train_set, schedule)
     val_set.transforms = build_transforms(schedule.img_size, train=False)
     print(f"schedule {args.schedule}: {schedule}", flush=True)
     recorder = SnapshotRecorder(model, args.snapshot_seconds, START)

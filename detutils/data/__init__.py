@@ -4,6 +4,7 @@
     find_split(root, split)    image folder and annotation file of a split
     CocoDetection(...)         a Dataset over any COCO-format set
     build_transforms(...)      letterbox, flip and colour jitter on transforms.v2
+    Mosaic(...), build_train_set(...)   four images in one; the training set of a schedule
     collate(batch)             stack a batch for a DataLoader
 
 The names are imported on first use, so ``python -m detutils.data.shapes`` (and the
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for readers and editors; at run time __getattr__ imports on demand
     from detutils.data.coco import CocoDetection, CocoFormatError, collate, find_split
+    from detutils.data.mosaic import Mosaic, build_train_set
     from detutils.data.shapes import CLASS_NAMES, ensure_shapes, generate_shapes
     from detutils.data.transforms import build_transforms, undo_letterbox
 
@@ -27,6 +29,8 @@ _SOURCES = {
     "collate": "coco",
     "find_split": "coco",
     "build_transforms": "transforms",
+    "Mosaic": "mosaic",
+    "build_train_set": "mosaic",
     "undo_letterbox": "transforms",
 }
 
@@ -34,6 +38,8 @@ __all__ = [
     "CLASS_NAMES",
     "CocoDetection",
     "CocoFormatError",
+    "Mosaic",
+    "build_train_set",
     "build_transforms",
     "collate",
     "ensure_shapes",

@@ -148,6 +148,7 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from detutils.data.mosaic import build_train_set
     from detutils.data.transforms import build_transforms
     from detutils.engine.train import NonFiniteLossError, seed_everything, train
 
@@ -202,7 +203,7 @@ def _train(args: argparse.Namespace) -> int:
         schedule = base.replace(**overrides)
     except ValueError as error:
         raise UsageError(error) from None
-    train_set.transforms = build_transforms(schedule.img_size, train=schedule.augment)
+    train_set = build_train_set(train_set, schedule)
     if val_set is not None:
         val_set.transforms = build_transforms(schedule.img_size, train=False)
     out_dir = args.out or Path("runs") / model.name

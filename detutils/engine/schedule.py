@@ -70,6 +70,8 @@ class TrainSchedule:
     threads: int = 2  # torch intra-op threads on CPU (1 keeps CI bit-identical)
     workers: int = 2  # DataLoader worker processes
     augment: bool = True  # training-time augmentation of the data transforms
+    mosaic: float = 0.0  # with augment: probability that a training image is a mosaic of 4
+    cache_images: bool = False  # decode the training images into memory once (small sets)
     eval_interval: int = 1  # evaluate every this many epochs (0: only at the end)
     max_minutes: float | None = None  # time budget: stop cleanly (and evaluate) when spent
     lr_by_time: bool = False  # with max_minutes: the LR schedule also advances with the time
@@ -80,6 +82,8 @@ class TrainSchedule:
         for name in positive_ints:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"schedule field {name} must be >= 1, got {getattr(self, name)}")
+        if not 0.0 <= self.mosaic <= 1.0:
+            raise ValueError(f"schedule field mosaic must lie in [0, 1], got {self.mosaic}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"schedule field optimizer must be one of {OPTIMIZERS}")
         if self.lr_schedule not in LR_SCHEDULES:
