@@ -1,0 +1,80 @@
+"""The ci, cpu and gpu schedules of NanoDet-m and YOLOv8n, and that each one trains."""
+
+import math
+
+import pytest
+import torch
+
+from detutils.data import CocoDetection, build_train_set, find_split, generate_shapes
+from detutils.engine import read_training_log, train
+from detutils.engine.schedule import lr_factor
+from detutils.models import build_detector
+from detutils.models.nanodet import nanodet_schedules
+from detutils.models.yolov8 import yolov8_schedules
+
+SCHEDULES = {"nanodet-m": nanodet_schedules, "yolov8n": yolov8_schedules}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    return generate_shapes(root, train=8, val=4, size=64, seed=0, workers=1)
+
+
+@pytest.mark.parametrize("name", SCHEDULES)
+def test_ci_and_cpu_schedules(name):
+    schedules = SCHEDULES[name]()
+    assert set(schedules) == {"ci", "cpu", "gpu"}
+    assert build_detector(name, num_classes=6).config.schedules.keys() == schedules.keys()
+    ci, cpu = schedules["ci"], schedules["cpu"]
+    assert ci.iterations <= 5 and ci.img_size <= 64 and (ci.threads, ci.workers) == (1, 0)
+    # cpu: planned in iterations, one evaluation at the end, a time guard that leaves
+    # room for start-up and evaluation inside ten minutes, followed by the schedule.
+    assert cpu.iterations > 0 and cpu.eval_interval == 0 and cpu.max_minutes <= 9
+    assert cpu.lr_by_time and cpu.cache_images and cpu.img_size == 320
+    steps_per_epoch = math.ceil(2000 / cpu.batch_size)
+    warmup = round(cpu.warmup_epochs * steps_per_epoch)
+    assert lr_factor(cpu.iterations - 1, cpu.iterations, cpu, warmup) == pytest.approx(
+        cpu.final_lr_fraction
+    )
+
+
+def test_gpu_schedules_follow_the_references():
+    # NanoDet config/nanodet-m.yml: SGD momentum 0.9, lr 0.14, wd 1e-4, batch 192,
+    # 280 epochs, MultiStepLR at 240, 260, 275 by 0.1.
+    nanodet = nanodet_schedules()["gpu"]
+    assert (nanodet.optimizer, nanodet.lr, nanodet.momentum) == ("sgd", 0.14, 0.9)
+    assert (nanodet.weight_decay, nanodet.batch_size, nanodet.epochs) == (1e-4, 192, 280)
+    assert nanodet.lr_schedule == "step" and nanodet.step_gamma == 0.1
+    assert [round(m * 280) for m in nanodet.step_milestones] == [240, 260, 275]
+    # ultralytics cfg/default.yaml with a 64-image batch: SGD 0.01, momentum 0.937,
+    # wd 5e-4, 3 warm-up epochs, lrf 0.01, EMA, AMP; 500 epochs at 640 px for YOLOv8.
+    yolo = yolov8_schedules()["gpu"]
+    assert (yolo.optimizer, yolo.lr, yolo.momentum, yolo.weight_decay) == (
+        "sgd", 0.01, 0.937, 5e-4,
+    )  # fmt: skip
+    assert (yolo.epochs, yolo.batch_size, yolo.img_size) == (500, 64, 640)
+    assert (yolo.warmup_epochs, yolo.final_lr_fraction, yolo.ema, yolo.amp) == (
+        3.0, 0.01, True, True,
+    )  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:AMP runs on CUDA only")
+@pytest.mark.parametrize("name", SCHEDULES)
+@pytest.mark.parametrize("schedule_name", ["ci", "cpu", "gpu"])
+def test_each_schedule_starts_and_runs_its_first_iterations(shapes, tmp_path, name, schedule_name):
+    # Every schedule as it is (optimizer, warm-up, EMA, augmentation, caching), cut to two
+    # iterations of two 64 px images in this process; AMP only acts on CUDA.
+    schedule = SCHEDULES[name]()[schedule_name].replace(
+        iterations=2, batch_size=2, img_size=64, workers=0, threads=1, max_minutes=None,
+        lr_by_time=False,
+    )  # fmt: skip
+    train_set = build_train_set(CocoDetection(*find_split(shapes, "train")), schedule)
+    torch.manual_seed(0)
+    model = build_detector(name, num_classes=train_set.num_classes)
+    result = train(model, train_set, schedule, out_dir=tmp_path / "run", progress=False)
+    torch.set_num_threads(1)  # the trainer set the schedule's count; keep conftest's
+    assert result.iterations == 2
+    train_log, _ = read_training_log(tmp_path / "run")
+    losses = train_log.drop(columns=["epoch", "iteration", "lr"])
+    assert torch.isfinite(torch.tensor(losses.to_numpy())).all()
