@@ -342,7 +342,7 @@ plt.show()
 # | 1000 (4 epochs) | 7.9 min | 0.152 | 0.303 | 0.134 | 0.025 | 0.228 | 0.247 |
 #
 # AP50 against the minutes spent, from copies of the weights taken during the same
-# run (`benchmarks/yolov3_cpu_budget.py`; the last point is the trained model):
+# run (`benchmarks/cpu_budget.py --model yolov3-tiny`; the last point is the trained model):
 #
 # | minutes | 1.1 | 2.1 | 3.1 | 4.1 | 5.1 | 6.1 | 7.1 | 7.9 |
 # | --- | --- | --- | --- | --- | --- | --- | --- | --- |
