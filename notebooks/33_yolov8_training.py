@@ -290,7 +290,7 @@ plt.show()
 # **`cpu`**, measured on a 2-core CPU (2 torch threads, nothing else running), with
 # `benchmarks/cpu_budget.py --model yolov8n` (the schedule as the command line
 # `python -m detutils.train --model yolov8n --data data/shapes --schedule cpu` runs
-# it), and the run whose outputs this notebook stores:
+# it, but planned for 900 steps), and the run whose outputs this notebook stores:
 #
 # | run | steps | minutes | AP | AP50 | AP75 | APs | APm | APl |
 # | --- | --- | --- | --- | --- | --- | --- | --- | --- |

@@ -106,9 +106,11 @@ def yolov8_schedules() -> dict[str, TrainSchedule]:
          end; ``max_minutes`` (8.75) stops the training on a slower machine and
          ``lr_by_time`` then ends the cosine at that deadline. Measured here (2
          threads): 728 steps within the time guard, 9.2 minutes with evaluation, AP
-         0.319, AP50 0.422. At 320 px the same budget gave 315 and 377 steps in two
-         runs, AP50 0.232 and 0.283: steps count more than pixels in a run this short,
-         and the small objects even gained (APs 0.100 against 0.064 and 0.067).
+         0.319, AP50 0.422 (planned for 900 steps); as it is, 652 steps before the
+         guard in a notebook's kernel, AP50 0.410 (notebook 33). At 320 px the same
+         budget gave 315 and 377 steps in two runs, AP50 0.232 and 0.283: steps count
+         more than pixels in a run this short, and the small objects even gained (APs
+         0.100 against 0.064 and 0.067).
          Mosaic (as ultralytics trains) halved AP50 at 320 px (0.119): mosaics are
          harder images, and a run of a few epochs has no over-fitting to prevent.
     gpu  ultralytics' default recipe (``cfg/default.yaml``) with 64 images per step:
