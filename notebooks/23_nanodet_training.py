@@ -91,7 +91,7 @@ table[table.astype(str).nunique(axis=1) > 1]
 #   images at 256 px (under seven passes over the 2,000 training images), AdamW at
 #   0.004 after half an epoch of warm-up, a cosine planned in iterations. Every choice
 #   serves speed: at 320 px the same ten minutes held 348 steps and gave an AP50 of
-#   0.27, at 256 px 0.36 with lr 0.002 and 0.41 with lr 0.004. The schedule's
+#   0.27, at 256 px 0.36 with lr 0.002 and 0.41 to 0.43 with lr 0.004. The schedule's
 #   docstring (`nanodet_schedules`) keeps these measurements.
 # - **`ci`** only checks that everything runs: three steps of four 64 px images.
 
