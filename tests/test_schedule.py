@@ -11,6 +11,8 @@ from detutils.engine.schedule import (
     TrainSchedule,
     build_lr_scheduler,
     build_optimizer,
+    ci_schedule,
+    cpu_budget_schedule,
     default_schedules,
     lr_factor,
     parameter_groups,
@@ -99,6 +101,18 @@ def test_default_schedules_cover_the_three_names():
     assert sorted(schedules) == ["ci", "cpu", "gpu"]
     assert schedules["ci"].threads == 1 and schedules["ci"].workers == 0
     assert schedules["gpu"].amp and not schedules["cpu"].amp
+
+
+def test_shared_ci_and_cpu_schedules():
+    ci = ci_schedule()
+    assert (ci.iterations, ci.batch_size, ci.img_size, ci.threads, ci.workers) == (3, 4, 64, 1, 0)
+    assert not ci.augment and ci.max_minutes is None
+    cpu = cpu_budget_schedule(iterations=500, lr=0.003)
+    assert (cpu.iterations, cpu.lr, cpu.img_size, cpu.batch_size) == (500, 0.003, 256, 16)
+    assert cpu.max_minutes < 10 and cpu.lr_by_time and cpu.cache_images and cpu.augment
+    assert cpu_budget_schedule(100, 0.001, img_size=320).img_size == 320
+    with pytest.raises(ValueError, match="lr must be positive"):
+        cpu_budget_schedule(iterations=500, lr=0.0)
 
 
 def test_parameter_groups_spare_norms_and_biases():

@@ -3,6 +3,7 @@
     train(model, train_set, schedule, val_set=..., out_dir=...)   the training loop
     evaluate(model, loader)                  COCO metrics (pycocotools' COCOeval)
     TrainSchedule, default_schedules()      every number of a run
+    ci_schedule(), cpu_budget_schedule()    the ``ci`` and ``cpu`` schedules of the detectors
     postprocess_detections(...)             threshold + class-aware NMS + max_det
     save_checkpoint / load_checkpoint       atomic, ``weights_only`` checkpoints
 
@@ -18,7 +19,13 @@ from detutils.engine.checkpoint import CheckpointError, load_checkpoint, save_ch
 from detutils.engine.evaluate import EvalResult, evaluate
 from detutils.engine.log import plot_training_log, read_training_log
 from detutils.engine.postprocess import postprocess_detections, select_detections
-from detutils.engine.schedule import ModelEMA, TrainSchedule, default_schedules
+from detutils.engine.schedule import (
+    ModelEMA,
+    TrainSchedule,
+    ci_schedule,
+    cpu_budget_schedule,
+    default_schedules,
+)
 from detutils.engine.train import NonFiniteLossError, TrainResult, train
 
 __all__ = [
@@ -28,6 +35,8 @@ __all__ = [
     "NonFiniteLossError",
     "TrainResult",
     "TrainSchedule",
+    "ci_schedule",
+    "cpu_budget_schedule",
     "default_schedules",
     "evaluate",
     "load_checkpoint",

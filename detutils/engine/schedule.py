@@ -33,6 +33,8 @@ __all__ = [
     "TrainSchedule",
     "build_lr_scheduler",
     "build_optimizer",
+    "ci_schedule",
+    "cpu_budget_schedule",
     "default_schedules",
     "lr_factor",
     "parameter_groups",
@@ -139,6 +141,37 @@ def default_schedules() -> dict[str, TrainSchedule]:
             epochs=100, batch_size=32, img_size=640, amp=True, ema=True, workers=8
         ),
     }
+
+
+def ci_schedule() -> TrainSchedule:
+    """The ``ci`` schedule of the course's detectors: does everything run?
+
+    Three AdamW steps of four 64 px images, no augmentation, on one thread without
+    worker processes (seconds, and bit-identical from run to run), evaluated once.
+    """
+    return TrainSchedule(
+        iterations=3, batch_size=4, img_size=64, optimizer="adamw", lr=0.002,
+        momentum=0.9, warmup_epochs=0.0, augment=False, eval_interval=0, threads=1,
+        workers=0,
+    )  # fmt: skip
+
+
+def cpu_budget_schedule(iterations: int, lr: float, img_size: int = 256) -> TrainSchedule:
+    """A ``cpu`` schedule for ten minutes of a 2-core CPU, evaluation included.
+
+    ``iterations`` steps of 16 images at ``img_size`` px with AdamW at ``lr`` (beta1
+    0.9) after half an epoch of warm-up, then a cosine to 1 % of it; flips and colour
+    jitter on images decoded into memory once; one evaluation, at the end. The plan is
+    in iterations, so the cosine reaches its floor at the last one; ``max_minutes``
+    (8.75) stops a slower machine and ``lr_by_time`` then ends the cosine at that
+    deadline. Each detector's docstring gives the numbers measured for its own choice
+    of ``iterations`` and ``lr``.
+    """
+    return TrainSchedule(
+        iterations=iterations, batch_size=16, img_size=img_size, optimizer="adamw", lr=lr,
+        momentum=0.9, warmup_epochs=0.5, augment=True, cache_images=True,
+        eval_interval=0, threads=2, workers=1, max_minutes=8.75, lr_by_time=True,
+    )  # fmt: skip
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 from detutils.assigners import AssignResult, assign_atss_batched, pad_ground_truth
 from detutils.coders import decode_distance, dfl_distances
 from detutils.engine.postprocess import postprocess_detections
-from detutils.engine.schedule import TrainSchedule
+from detutils.engine.schedule import TrainSchedule, ci_schedule, cpu_budget_schedule
 from detutils.losses.gfl import gfl_loss
 from detutils.models.backbones import SHUFFLENETV2_CHANNELS, ShuffleNetV2Backbone
 from detutils.models.necks import PAN
@@ -82,16 +82,8 @@ def nanodet_schedules() -> dict[str, TrainSchedule]:
         ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
     """
     return {
-        "ci": TrainSchedule(
-            iterations=3, batch_size=4, img_size=64, optimizer="adamw", lr=0.002,
-            momentum=0.9, warmup_epochs=0.0, augment=False, eval_interval=0, threads=1,
-            workers=0,
-        ),
-        "cpu": TrainSchedule(
-            iterations=840, batch_size=16, img_size=256, optimizer="adamw", lr=0.004,
-            momentum=0.9, warmup_epochs=0.5, augment=True, cache_images=True,
-            eval_interval=0, threads=2, workers=1, max_minutes=8.75, lr_by_time=True,
-        ),
+        "ci": ci_schedule(),
+        "cpu": cpu_budget_schedule(iterations=840, lr=0.004),
         "gpu": TrainSchedule(
             epochs=280, batch_size=192, img_size=320, optimizer="sgd", lr=0.14,
             momentum=0.9, weight_decay=1e-4, warmup_epochs=1.0, lr_schedule="step",

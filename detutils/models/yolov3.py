@@ -46,7 +46,7 @@ from torch import Tensor, nn
 from detutils.assigners.batch import pad_ground_truth
 from detutils.assigners.wh_iou import build_yolov3_targets
 from detutils.engine.postprocess import postprocess_detections
-from detutils.engine.schedule import TrainSchedule
+from detutils.engine.schedule import TrainSchedule, ci_schedule, cpu_budget_schedule
 from detutils.losses.yolo import yolov3_loss
 from detutils.models.darknet import Darknet, YOLOLayer, read_darknet_cfg
 
@@ -119,16 +119,8 @@ def yolov3_schedules() -> dict[str, TrainSchedule]:
         ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
     """
     return {
-        "ci": TrainSchedule(
-            iterations=3, batch_size=4, img_size=64, optimizer="adamw", lr=0.002,
-            momentum=0.9, warmup_epochs=0.0, augment=False, eval_interval=0, threads=1,
-            workers=0,
-        ),
-        "cpu": TrainSchedule(
-            iterations=530, batch_size=16, img_size=256, optimizer="adamw", lr=0.002,
-            momentum=0.9, warmup_epochs=0.5, augment=True, cache_images=True,
-            eval_interval=0, threads=2, workers=1, max_minutes=8.75, lr_by_time=True,
-        ),
+        "ci": ci_schedule(),
+        "cpu": cpu_budget_schedule(iterations=530, lr=0.002),
         "gpu": TrainSchedule(
             epochs=300, batch_size=64, img_size=416, optimizer="sgd", lr=0.01,
             momentum=0.937, weight_decay=5e-4, warmup_epochs=3.0, final_lr_fraction=0.05,

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from detutils.assigners.batch import pad_ground_truth
 from detutils.coders import decode_distance
 from detutils.engine.postprocess import postprocess_detections
-from detutils.engine.schedule import TrainSchedule
+from detutils.engine.schedule import TrainSchedule, ci_schedule, cpu_budget_schedule
 from detutils.losses.yolov8 import yolov8_loss
 from detutils.models.yolov8_blocks import (
     ConvBNSiLU,
@@ -124,16 +124,8 @@ def yolov8_schedules() -> dict[str, TrainSchedule]:
         ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
     """
     return {
-        "ci": TrainSchedule(
-            iterations=3, batch_size=4, img_size=64, optimizer="adamw", lr=0.002,
-            momentum=0.9, warmup_epochs=0.0, augment=False, eval_interval=0, threads=1,
-            workers=0,
-        ),
-        "cpu": TrainSchedule(
-            iterations=730, batch_size=16, img_size=256, optimizer="adamw", lr=0.002,
-            momentum=0.9, warmup_epochs=0.5, augment=True, cache_images=True,
-            eval_interval=0, threads=2, workers=1, max_minutes=8.75, lr_by_time=True,
-        ),
+        "ci": ci_schedule(),
+        "cpu": cpu_budget_schedule(iterations=730, lr=0.002),
         "gpu": TrainSchedule(
             epochs=500, batch_size=64, img_size=640, optimizer="sgd", lr=0.01,
             momentum=0.937, weight_decay=5e-4, warmup_epochs=3.0, final_lr_fraction=0.01,
