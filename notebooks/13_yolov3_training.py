@@ -249,6 +249,11 @@ evaluation.per_class
 # one: each box keeps its best class, the label is dropped, and every ground-truth box
 # belongs to one class, "object". The gap between the two AP50s is the price of the
 # wrong names.
+#
+# The two helpers below spell the merge out. `evaluate(..., class_agnostic=True)` does
+# the same in one call (notebooks 23 and 33 use it), with one difference: it keeps
+# every class the model reports for a box and merges them into the best, where
+# `OneClass` asks the model for its best class only, before NMS.
 
 
 # %%
