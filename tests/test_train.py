@@ -22,7 +22,18 @@ from detutils.engine.distributed import (
 from detutils.engine.loader import build_train_loader, set_loader_epoch
 from detutils.engine.log import CsvLog, plot_training_log, read_training_log
 from detutils.engine.schedule import lr_factor
-from detutils.engine.train import NonFiniteLossError, move_targets, seed_everything, train
+from detutils.engine.train import (
+    NonFiniteLossError,
+    cpu_has_bfloat16,
+    move_targets,
+    seed_everything,
+    to_float32,
+    train,
+)
+from detutils.models import DETECTORS, build_detector
+
+# The module, not the function of the same name that detutils.engine exports.
+train_module = importlib.import_module("detutils.engine.train")
 
 # 16 training images of 64 px, batch 4: four iterations per epoch.
 ITERATIONS_PER_EPOCH = 4
@@ -43,8 +54,12 @@ def run(shapes, out_dir, **overrides):
     train_set, val_set = shapes
     seed_everything(0)
     model = build(train_set.num_classes)
+    device = overrides.pop("device", "auto")
     schedule = model.config.schedules["ci"].replace(**overrides)
-    return train(model, train_set, schedule, val_set=val_set, out_dir=out_dir, progress=False)
+    return train(
+        model, train_set, schedule, val_set=val_set, out_dir=out_dir, progress=False,
+        device=device,
+    )  # fmt: skip
 
 
 def test_training_lowers_the_loss_and_logs_every_iteration(shapes, tmp_path):
@@ -139,8 +154,7 @@ def test_lr_by_time_ends_the_cosine_at_the_deadline(shapes, tmp_path, monkeypatc
     # 3/4, 1. The schedule stands at the larger of the iterations done and
     # floor(fraction * 19): 1, 4, 9, 14, then 19 (the floor of the cosine), and iteration
     # 6 finds the deadline passed and is the last.
-    trainer_module = importlib.import_module("detutils.engine.train")  # the module, not train
-    monkeypatch.setattr(trainer_module, "time", SteppingClock())
+    monkeypatch.setattr(train_module, "time", SteppingClock())
     result = run(shapes, tmp_path, iterations=20, max_minutes=0.5, lr_by_time=True)
     assert result.out_of_time and result.iterations == 6
     schedule = result.model.config.schedules["ci"].replace(iterations=20)
@@ -150,14 +164,84 @@ def test_lr_by_time_ends_the_cosine_at_the_deadline(shapes, tmp_path, monkeypatc
     assert expected[-1] == pytest.approx(schedule.lr * schedule.final_lr_fraction)
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks that CPU ignores AMP")
-def test_amp_is_ignored_on_cpu(shapes, tmp_path):
-    plain = run(shapes, tmp_path / "plain", epochs=1, amp=False)
-    with pytest.warns(UserWarning, match="AMP runs on CUDA only"):
-        amp = run(shapes, tmp_path / "amp", epochs=1, amp=True)
+def test_amp_without_native_bfloat16_trains_in_float32(shapes, tmp_path, monkeypatch):
+    plain = run(shapes, tmp_path / "plain", epochs=1, amp=False, device="cpu")
+    monkeypatch.setattr(train_module, "cpu_has_bfloat16", lambda: False)
+    with pytest.warns(UserWarning, match="training in float32"):
+        amp = run(shapes, tmp_path / "amp", epochs=1, amp=True, device="cpu")
     for name, value in plain.model.state_dict().items():
         assert torch.equal(value, amp.model.state_dict()[name]), name
     assert load_checkpoint(tmp_path / "amp" / "last.pt")["scaler"] == {}  # disabled scaler
+
+
+@pytest.mark.skipif(not cpu_has_bfloat16(), reason="this CPU has no native bfloat16")
+def test_amp_on_cpu_runs_the_network_in_bfloat16_and_the_loss_in_float32(
+    shapes, tmp_path, monkeypatch
+):
+    seen = {"conv": set(), "loss": set()}
+    honest_loss = TinyDetector.loss
+
+    def loss(self, outputs, targets):
+        seen["loss"].add(outputs.dtype)
+        return honest_loss(self, outputs, targets)
+
+    def record(module, inputs, output):
+        if isinstance(module, torch.nn.Conv2d) and module.training:  # not the evaluation
+            seen["conv"].add(output.dtype)
+
+    monkeypatch.setattr(TinyDetector, "loss", loss)
+    handle = torch.nn.modules.module.register_module_forward_hook(record)
+    try:
+        plain = run(shapes, tmp_path / "plain", epochs=1, amp=False, device="cpu")
+        assert seen == {"conv": {torch.float32}, "loss": {torch.float32}}
+        seen["conv"].clear()
+        amp = run(shapes, tmp_path / "amp", epochs=1, amp=True, device="cpu")
+    finally:
+        handle.remove()
+    assert seen == {"conv": {torch.bfloat16}, "loss": {torch.float32}}
+    assert load_checkpoint(tmp_path / "amp" / "last.pt")["scaler"] == {}  # bfloat16: no scaling
+    for name, value in amp.model.state_dict().items():  # float32 weights, a little apart
+        reference = plain.model.state_dict()[name]
+        assert value.dtype == reference.dtype
+        if value.is_floating_point():
+            torch.testing.assert_close(value, reference, rtol=0.05, atol=0.02)
+    assert math.isfinite(amp.metrics["AP"])
+
+
+def test_to_float32_casts_nested_floating_tensors_only():
+    half, index = torch.ones(2, dtype=torch.bfloat16), torch.arange(3)
+    cast = to_float32({"a": [half, (half, index)], "b": 1.5, "c": None})
+    assert cast["a"][0].dtype == torch.float32 and isinstance(cast["a"][1], tuple)
+    assert cast["a"][1][0].dtype == torch.float32 and cast["a"][1][1] is index
+    assert cast["b"] == 1.5 and cast["c"] is None
+
+
+def test_channels_last_trains_like_the_usual_layout(shapes, tmp_path):
+    usual = run(shapes, tmp_path / "usual", epochs=1, ema=True, ema_tau=2.0)
+    nhwc = run(shapes, tmp_path / "nhwc", epochs=1, ema=True, ema_tau=2.0, channels_last=True)
+    assert nhwc.iterations == usual.iterations == ITERATIONS_PER_EPOCH
+    for trained, reference in ((nhwc.model, usual.model), (nhwc.ema_model, usual.ema_model)):
+        for name, value in trained.state_dict().items():
+            assert value.is_contiguous(), f"{name} is handed back channels-last"
+            torch.testing.assert_close(value, reference.state_dict()[name], rtol=1e-4, atol=1e-5)
+    assert nhwc.metrics["AP"] == pytest.approx(usual.metrics["AP"], abs=1e-3)
+
+
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_every_detector_computes_the_same_loss_channels_last(name):
+    torch.manual_seed(0)
+    model = build_detector(name, num_classes=3).train()
+    images = torch.rand(2, 3, 64, 64)
+    targets = [
+        {"boxes": torch.tensor([[4.0, 6.0, 40.0, 30.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.tensor([[10.0, 10.0, 60.0, 62.0], [0.0, 0.0, 8.0, 8.0]]),
+         "labels": torch.tensor([0, 2])},
+    ]  # fmt: skip
+    usual = model.loss(model(images), targets)
+    model.to(memory_format=torch.channels_last)
+    nhwc = model.loss(model(images.contiguous(memory_format=torch.channels_last)), targets)
+    for key, value in usual.items():
+        torch.testing.assert_close(nhwc[key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_ema_is_kept_and_used_for_evaluation(shapes, tmp_path):

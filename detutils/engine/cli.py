@@ -136,7 +136,7 @@ def train_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--batch", type=int, help="images per step and per process")
     parser.add_argument("--lr", type=float, help="peak learning rate")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="AMP (CUDA only)")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, help="mixed precision")
     parser.add_argument("--workers", type=int, help="DataLoader workers")
     parser.add_argument("--seed", type=int, help="seed of weights, sampler and augmentation")
     parser.add_argument("--max-minutes", type=float, help="time budget: stop, then evaluate")

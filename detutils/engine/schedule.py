@@ -68,7 +68,8 @@ class TrainSchedule:
     ema: bool = False  # keep an exponential moving average of the weights (YOLOv8)
     ema_decay: float = 0.9999  # EMA decay once ramped up
     ema_tau: float = 2000.0  # EMA ramp: decay * (1 - exp(-updates / tau))
-    amp: bool = False  # mixed precision (autocast + GradScaler); used on CUDA only
+    amp: bool = False  # mixed precision: float16 + GradScaler on CUDA, bfloat16 on CPU
+    channels_last: bool = False  # weights and images in NHWC memory layout (faster convs)
     threads: int = 2  # torch intra-op threads on CPU (1 keeps CI bit-identical)
     workers: int = 2  # DataLoader worker processes
     augment: bool = True  # training-time augmentation of the data transforms

@@ -2,8 +2,10 @@
 
 One iteration, in order (the names are those of the code below):
 
-1. forward under ``torch.autocast`` (float16 on CUDA when the schedule asks for AMP),
-   then ``model.loss`` gives a dict of scalars with ``"loss"`` the total;
+1. forward, under ``torch.autocast`` when the schedule asks for mixed precision
+   (float16 on CUDA, bfloat16 on a CPU that computes in it natively); then
+   ``model.loss``, in float32 on the outputs cast back up, gives a dict of scalars
+   with ``"loss"`` the total;
 2. the loss components are averaged over the processes (for the log, and so every
    rank sees a NaN that any rank met); a non-finite loss stops the run;
 3. backward through the ``GradScaler``, unscale, clip the gradient norm, step;
@@ -47,7 +49,15 @@ from detutils.engine.loader import build_eval_loader, build_train_loader, set_lo
 from detutils.engine.log import EVAL_LOG, TRAIN_LOG, CsvLog, progress_bar
 from detutils.engine.schedule import ModelEMA, TrainSchedule, build_lr_scheduler, build_optimizer
 
-__all__ = ["NonFiniteLossError", "TrainResult", "move_targets", "seed_everything", "train"]
+__all__ = [
+    "NonFiniteLossError",
+    "TrainResult",
+    "autocast_dtype",
+    "move_targets",
+    "seed_everything",
+    "to_float32",
+    "train",
+]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -90,6 +100,46 @@ def move_targets(targets: list[dict[str, Any]], device: torch.device) -> list[di
     ]
 
 
+def cpu_has_bfloat16() -> bool:
+    """Whether this CPU runs oneDNN's bfloat16 kernels natively (AVX512-BF16 or AMX)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
+
+
+def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a mixed-precision run on ``device``, or None for float32.
+
+    float16 on CUDA (its small range needs the ``GradScaler``); bfloat16 on a CPU
+    whose oneDNN computes in it natively (bfloat16 keeps float32's exponent, so no
+    loss scaling). Other CPUs would only emulate it, slower than float32: they train
+    in float32, with a warning.
+    """
+    if not amp:
+        return None
+    if device.type == "cuda":
+        return torch.float16
+    if device.type == "cpu" and cpu_has_bfloat16():
+        return torch.bfloat16
+    warnings.warn(
+        f"AMP: no native low-precision kernels on {device.type} here; training in float32",
+        stacklevel=3,
+    )
+    return None
+
+
+def to_float32(outputs: Any) -> Any:
+    """Every floating tensor in nested lists, tuples and dicts cast to float32."""
+    if torch.is_tensor(outputs):
+        return outputs.float() if outputs.is_floating_point() else outputs
+    if isinstance(outputs, dict):
+        return {key: to_float32(value) for key, value in outputs.items()}
+    if isinstance(outputs, (list, tuple)):
+        return type(outputs)(to_float32(value) for value in outputs)
+    return outputs
+
+
 def _loss_message(epoch: int, iteration: int, names: list[str], values: torch.Tensor) -> str:
     components = ", ".join(
         f"{name}={value:.4g}" for name, value in zip(names, values.tolist(), strict=True)
@@ -112,7 +162,10 @@ def train(
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` following ``schedule``.
 
-    On the CPU, torch's intra-op thread count is set to ``schedule.threads``. Rank 0
+    On the CPU, torch's intra-op thread count is set to ``schedule.threads``. With
+    ``schedule.channels_last`` the weights and every batch are laid out channels-last
+    (NHWC) during the run, the layout oneDNN's and cuDNN's convolutions run fastest
+    in; the model is handed back in the usual layout. Rank 0
     writes ``last.pt`` (after every epoch) and the logs into ``out_dir``. A run stopped
     by its time budget counts its last, partial epoch as done: resuming from it starts
     the next epoch. A resumed run continues the schedule, the sampler's order and every
@@ -148,15 +201,15 @@ def train(
     device = context.device
     if device.type == "cpu":
         torch.set_num_threads(schedule.threads)
-    use_amp = schedule.amp and device.type == "cuda"  # float16 autocast is for CUDA only
-    if schedule.amp and not use_amp and context.is_main:
-        warnings.warn("AMP runs on CUDA only: training on the CPU in float32", stacklevel=2)
+    amp_dtype = autocast_dtype(schedule.amp, device)  # None: float32 throughout
     out_dir = Path(out_dir) if out_dir is not None else None
     write = context.is_main and out_dir is not None
     class_names = list(class_names or getattr(train_set, "class_names", []))
 
     seed_everything(schedule.seed + context.rank)  # ranks augment differently
     model.to(device)
+    if schedule.channels_last:  # before the EMA copy and the optimizer see the weights
+        model.to(memory_format=torch.channels_last)
     ema = ModelEMA(model, schedule.ema_decay, schedule.ema_tau) if schedule.ema else None
     loader = build_train_loader(
         train_set, schedule.batch_size, context, schedule.workers, schedule.seed, collate_fn
@@ -166,7 +219,7 @@ def train(
     optimizer = build_optimizer(model, schedule)
     spent = [0.0]  # fraction of the time budget spent, the same on every rank (lr_by_time)
     lr_scheduler = build_lr_scheduler(optimizer, schedule, len(loader), lambda: spent[0])
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     start_epoch, iteration, metrics = 0, 0, {}
     if resume is not None:
         state = load_checkpoint(resume, model_name=getattr(model, "name", None))
@@ -207,11 +260,17 @@ def train(
             loader, len(loader), description, progress and context.is_main
         ):
             images = images.to(device, non_blocking=True)
+            if schedule.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             targets = move_targets(targets, device)
-            # 1. forward and loss
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            # 1. forward (mixed precision: the convolutions in float16 / bfloat16), loss
+            if amp_dtype is not None:
+                with torch.autocast(device.type, dtype=amp_dtype):
+                    outputs = network(images)
+                outputs = to_float32(outputs)  # boxes, IoUs and logs need float32
+            else:
                 outputs = network(images)
-                losses = model.loss(outputs, targets)
+            losses = model.loss(outputs, targets)
             # 2. averaged over the ranks; the clock rides along so all ranks stop together
             names = ["loss"] + sorted(name for name in losses if name != "loss")
             now = time.monotonic()
@@ -276,6 +335,10 @@ def train(
         if out_of_time:
             break
 
+    if schedule.channels_last:  # hand back weights in the usual layout
+        model.to(memory_format=torch.contiguous_format)
+        if ema is not None:
+            ema.model.to(memory_format=torch.contiguous_format)
     model.eval()
     return TrainResult(
         model=model,
