@@ -110,7 +110,9 @@ def test_shared_ci_and_cpu_schedules():
     cpu = cpu_budget_schedule(iterations=500, lr=0.003)
     assert (cpu.iterations, cpu.lr, cpu.img_size, cpu.batch_size) == (500, 0.003, 256, 16)
     assert cpu.max_minutes < 10 and cpu.lr_by_time and cpu.cache_images and cpu.augment
-    assert cpu_budget_schedule(100, 0.001, img_size=320).img_size == 320
+    assert not cpu.amp and not cpu.channels_last
+    faster = cpu_budget_schedule(100, 0.001, img_size=320, amp=True, channels_last=True)
+    assert faster.img_size == 320 and faster.amp and faster.channels_last
     with pytest.raises(ValueError, match="lr must be positive"):
         cpu_budget_schedule(iterations=500, lr=0.0)
 
