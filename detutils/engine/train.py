@@ -53,6 +53,7 @@ __all__ = [
     "NonFiniteLossError",
     "TrainResult",
     "autocast_dtype",
+    "cpu_has_bfloat16",
     "move_targets",
     "seed_everything",
     "to_float32",
@@ -115,6 +116,10 @@ def autocast_dtype(amp: bool, device: torch.device) -> torch.dtype | None:
     whose oneDNN computes in it natively (bfloat16 keeps float32's exponent, so no
     loss scaling). Other CPUs would only emulate it, slower than float32: they train
     in float32, with a warning.
+
+    Reference:
+        PyTorch docs, "Automatic Mixed Precision package - torch.amp" (CUDA float16
+        with ``GradScaler``; CPU autocast in bfloat16).
     """
     if not amp:
         return None
@@ -163,9 +168,10 @@ def train(
     """Train ``model`` on ``train_set`` following ``schedule``.
 
     On the CPU, torch's intra-op thread count is set to ``schedule.threads``. With
-    ``schedule.channels_last`` the weights and every batch are laid out channels-last
-    (NHWC) during the run, the layout oneDNN's and cuDNN's convolutions run fastest
-    in; the model is handed back in the usual layout. Rank 0
+    ``schedule.amp`` the forward pass runs under autocast (see ``autocast_dtype``), and
+    the loss in float32. With ``schedule.channels_last`` the weights and every batch
+    are laid out channels-last (NHWC) during the run, the layout oneDNN's and cuDNN's
+    convolutions run fastest in; the model is handed back in the usual layout. Rank 0
     writes ``last.pt`` (after every epoch) and the logs into ``out_dir``. A run stopped
     by its time budget counts its last, partial epoch as done: resuming from it starts
     the next epoch. A resumed run continues the schedule, the sampler's order and every
