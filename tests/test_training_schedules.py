@@ -64,7 +64,7 @@ def test_gpu_schedules_follow_the_references():
     )  # fmt: skip
 
 
-@pytest.mark.filterwarnings("ignore:AMP: no native")
+@pytest.mark.filterwarnings("ignore:AMP. no native low-precision kernels")
 @pytest.mark.parametrize("name", SCHEDULES)
 @pytest.mark.parametrize("schedule_name", ["ci", "cpu", "gpu"])
 def test_each_schedule_starts_and_runs_its_first_iterations(shapes, tmp_path, name, schedule_name):
