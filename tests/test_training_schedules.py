@@ -42,11 +42,16 @@ def test_ci_and_cpu_schedules(name):
     # room for start-up and evaluation inside ten minutes, followed by the schedule.
     assert cpu.iterations > 0 and cpu.eval_interval == 0 and cpu.max_minutes <= 9
     assert cpu.lr_by_time and cpu.cache_images
+    assert cpu.optimizer == "adamw" and not cpu.ema
     assert (cpu.amp, cpu.channels_last) == FASTER_STEPS[name]
     # A multiple of the largest stride, never above the 320 px of the shapes images.
     assert cpu.img_size % 32 == 0 and cpu.img_size <= 320
+    # Whatever the size of an epoch (2,000 shapes images), the learning rate peaks at
+    # the end of the warm-up and reaches its floor at the last planned iteration.
     steps_per_epoch = math.ceil(2000 / cpu.batch_size)
+    assert cpu.total_iterations(steps_per_epoch) == cpu.iterations
     warmup = round(cpu.warmup_epochs * steps_per_epoch)
+    assert lr_factor(warmup, cpu.iterations, cpu, warmup) == pytest.approx(1.0)
     assert lr_factor(cpu.iterations - 1, cpu.iterations, cpu, warmup) == pytest.approx(
         cpu.final_lr_fraction
     )
