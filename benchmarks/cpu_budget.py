@@ -35,11 +35,12 @@ import torch  # noqa: E402
 from detutils.data.coco import CocoDetection, find_split  # noqa: E402
 from detutils.data.mosaic import build_train_set  # noqa: E402
 from detutils.data.transforms import build_transforms  # noqa: E402
-from detutils.engine.distributed import init_distributed  # noqa: E402
-from detutils.engine.evaluate import evaluate  # noqa: E402
+from detutils.distributed import init_distributed  # noqa: E402
+from detutils.engine.evaluator import evaluate  # noqa: E402
 from detutils.engine.loader import build_eval_loader  # noqa: E402
+from detutils.engine.presets import schedules_for  # noqa: E402
 from detutils.engine.schedule import TrainSchedule  # noqa: E402
-from detutils.engine.train import seed_everything, train  # noqa: E402
+from detutils.engine.trainer import seed_everything, train  # noqa: E402
 from detutils.models import build_detector  # noqa: E402
 
 __all__ = ["SnapshotRecorder", "main", "parse_overrides"]
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     val_set = CocoDetection(*find_split(args.data, "val"))
     seed_everything(0)  # as the command line does, before building the model
     model = build_detector(args.model, num_classes=train_set.num_classes)
-    schedule = model.config.schedules[args.schedule]
+    schedule = schedules_for(model)[args.schedule]
     schedule = schedule.replace(**parse_overrides(schedule, args.set))
     args.out = args.out or Path("runs") / f"{args.model}-budget"
     train_set = build_train_set(train_set, schedule)

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.tiny_detec
 from train_step import FALLBACK_MODEL, time_train_step  # noqa: E402
 
 from detutils.data import CocoDetection, build_transforms, find_split, generate_shapes  # noqa: E402
-from detutils.engine.distributed import DistributedContext  # noqa: E402
+from detutils.distributed import DistributedContext  # noqa: E402
 from detutils.engine.loader import build_train_loader, set_loader_epoch  # noqa: E402
 from detutils.models import DETECTORS, build_detector  # noqa: E402
 

@@ -245,14 +245,17 @@ def decode_yolo(raw: Tensor, grid_xy: Tensor, anchor_wh: Tensor, stride: float) 
     return torch.cat([center - size / 2, center + size / 2], dim=-1)
 
 
-def dfl_integral(pred_dist: Tensor) -> Tensor:
+def dfl_integral(pred_dist: Tensor, bin_values: Tensor | None = None) -> Tensor:
     """Expected value of a distribution over the bins 0, 1, ..., R given as logits.
 
     softmax over the last dimension, then the dot product with [0, 1, ..., R]: the
-    result is a real number in [0, R], with a gradient to every bin.
+    result is a real number in [0, R], with a gradient to every bin. This is the one
+    implementation of the integral in the package; YOLOv8's ``DFLIntegral`` module
+    calls it with its frozen bin values.
 
     Args:
         pred_dist: (..., R + 1) logits.
+        bin_values: (R + 1,) the value of each bin; default [0, 1, ..., R].
 
     Returns:
         (...) expected bin value.
@@ -265,11 +268,14 @@ def dfl_integral(pred_dist: Tensor) -> Tensor:
             f"pred_dist must have shape (..., R + 1), R >= 1, got {tuple(pred_dist.shape)}"
         )
     num_bins = pred_dist.shape[-1]
-    project = torch.arange(num_bins, dtype=pred_dist.dtype, device=pred_dist.device)  # (R + 1,)
-    return F.softmax(pred_dist, dim=-1) @ project
+    if bin_values is None:
+        bin_values = torch.arange(num_bins, device=pred_dist.device)  # (R + 1,)
+    elif bin_values.shape != (num_bins,):
+        raise ValueError(f"bin_values must have shape ({num_bins},), got {tuple(bin_values.shape)}")
+    return F.softmax(pred_dist, dim=-1) @ bin_values.to(pred_dist.dtype)
 
 
-def dfl_distances(pred_dist: Tensor) -> Tensor:
+def dfl_distances(pred_dist: Tensor, bin_values: Tensor | None = None) -> Tensor:
     """Four side distances from a head's DFL channels (..., 4 (R + 1)) -> (..., 4).
 
     The channels are side-major: the first R + 1 are the left side's bins, then top,
@@ -278,6 +284,7 @@ def dfl_distances(pred_dist: Tensor) -> Tensor:
 
     Args:
         pred_dist: (..., 4 (R + 1)) logits.
+        bin_values: (R + 1,) the value of each bin; default [0, 1, ..., R].
 
     Returns:
         (..., 4) l, t, r, b.
@@ -289,4 +296,5 @@ def dfl_distances(pred_dist: Tensor) -> Tensor:
         raise ValueError(
             f"pred_dist must have shape (..., 4 (R + 1)), got {tuple(pred_dist.shape)}"
         )
-    return dfl_integral(pred_dist.unflatten(-1, (4, -1)))  # (..., 4, R + 1) -> (..., 4)
+    sides = pred_dist.unflatten(-1, (4, -1))  # (..., 4, R + 1)
+    return dfl_integral(sides, bin_values)  # (..., 4)

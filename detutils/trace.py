@@ -54,11 +54,13 @@ import contextvars
 import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import torch
 from torch import nn
+
+if TYPE_CHECKING:  # pandas is imported when a table is made: losses call `record`
+    import pandas as pd
 
 __all__ = ["COLUMNS", "Recording", "record", "trace", "trace_calls"]
 
@@ -133,6 +135,8 @@ class Recording:
 
     def table(self) -> pd.DataFrame:
         """The rows so far as a DataFrame with the columns ``COLUMNS``."""
+        import pandas as pd
+
         return pd.DataFrame(self.rows, columns=COLUMNS)
 
 

@@ -133,7 +133,7 @@ print(f"40x20 against 30x30: {value.item():.4f}")
 
 # %% [markdown]
 # Every anchor against every box of the image. Element `k, j` is the wh-IoU of anchor
-# `k` and box `j`; from now on the function is `detutils.assigners.wh_iou`. It does not
+# `k` and box `j`; from now on the function is `detutils.assigners.yolov3_targets`. It does not
 # care about the unit: pixels or grid cells (both divided by the stride) give the same
 # matrix.
 

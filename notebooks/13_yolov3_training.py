@@ -74,9 +74,9 @@ from detutils.data import (
     find_split,
 )
 from detutils.engine import evaluate, plot_training_log, read_training_log, train
+from detutils.engine.presets import schedules_for
 from detutils.engine.schedule import lr_factor
 from detutils.models import build_detector
-from detutils.models.yolov3 import YOLOV3_PRESETS
 from detutils.viz import draw_boxes
 
 # %% [markdown]
@@ -87,7 +87,7 @@ from detutils.viz import draw_boxes
 # they differ:
 
 # %%
-schedules = YOLOV3_PRESETS["yolov3-tiny"].schedules
+schedules = schedules_for("yolov3-tiny")
 table = pd.DataFrame({name: schedule.to_dict() for name, schedule in schedules.items()})
 differs = table.astype(str).nunique(axis=1) > 1
 table[differs]
@@ -151,7 +151,7 @@ root = ensure_shapes()
 
 # %%
 schedule_name = current_schedule()
-schedule = YOLOV3_PRESETS["yolov3-tiny"].schedules[schedule_name]
+schedule = schedules_for("yolov3-tiny")[schedule_name]
 train_set = CocoDetection(*find_split(root, "train"))
 val_set = CocoDetection(*find_split(root, "val"))
 train_data = build_train_set(train_set, schedule)  # flip, colour jitter, decoded once

@@ -67,8 +67,8 @@ from detutils.data import (
     find_split,
 )
 from detutils.engine import evaluate, plot_training_log, read_training_log, train
+from detutils.engine.presets import nanodet_schedules
 from detutils.models import build_detector
-from detutils.models.nanodet import nanodet_schedules
 from detutils.viz import compare_detections
 
 # %% [markdown]

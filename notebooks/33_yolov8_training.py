@@ -70,8 +70,8 @@ from detutils.data import (
     find_split,
 )
 from detutils.engine import evaluate, plot_training_log, read_training_log, train
+from detutils.engine.presets import schedules_for
 from detutils.models import build_detector
-from detutils.models.yolov8 import YOLOV8_PRESETS
 from detutils.priors import anchor_points
 from detutils.viz import compare_detections
 
@@ -82,7 +82,7 @@ from detutils.viz import compare_detections
 # picks one (notebook 00). The fields where they differ:
 
 # %%
-schedules = YOLOV8_PRESETS["yolov8n"].schedules
+schedules = schedules_for("yolov8n")
 table = pd.DataFrame({name: schedule.to_dict() for name, schedule in schedules.items()})
 table[table.astype(str).nunique(axis=1) > 1]
 

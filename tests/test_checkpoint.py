@@ -20,7 +20,7 @@ from detutils.engine.checkpoint import (
 )
 
 # The module, not the function ``detutils.engine.train`` that the package exports.
-train_module = importlib.import_module("detutils.engine.train")
+train_module = importlib.import_module("detutils.engine.trainer")
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -19,7 +19,7 @@ import torch
 from tiny_detector import build
 
 from detutils.data import CocoDetection, build_transforms, find_split, generate_shapes
-from detutils.engine.train import seed_everything, train
+from detutils.engine.trainer import seed_everything, train
 
 RANKS = 2
 BATCH_PER_RANK = 2

@@ -1,10 +1,10 @@
-"""Tests of detutils.engine.postprocess: score threshold, class-aware NMS, max_det."""
+"""Tests of detutils.postprocess: score threshold, class-aware NMS, max_det."""
 
 import pytest
 import torch
 from torchvision.ops import nms
 
-from detutils.engine.postprocess import postprocess_detections, select_detections
+from detutils.postprocess import postprocess_detections, select_detections
 
 # Three priors, two classes. Boxes 0 and 1 are 10 x 10 squares offset by 1 px: overlap
 # 9 x 10 = 90, union 110, IoU 0.82. Box 2 is far away.

@@ -1,19 +1,14 @@
-"""Tests of detutils.engine.schedule: the schedule, parameter groups, learning rate, EMA."""
-
-import math
+"""Tests of detutils.engine.schedule: the schedule, parameter groups, learning rate."""
 
 import pytest
 import torch
 from torch import nn
 
+from detutils.engine.presets import ci_schedule, cpu_budget_schedule, default_schedules
 from detutils.engine.schedule import (
-    ModelEMA,
     TrainSchedule,
     build_lr_scheduler,
     build_optimizer,
-    ci_schedule,
-    cpu_budget_schedule,
-    default_schedules,
     lr_factor,
     parameter_groups,
 )
@@ -177,20 +172,3 @@ def test_lr_scheduler_follows_lr_factor_every_iteration():
     assert [lrs[0] for lrs in seen] == pytest.approx(expected)
     assert all(lrs[0] == lrs[1] for lrs in seen)  # both groups share the schedule
     assert seen[-1][0] == pytest.approx(0.5 * schedule.final_lr_fraction)
-
-
-def test_ema_moves_by_the_ramped_decay():
-    model = nn.BatchNorm1d(1)
-    ema = ModelEMA(model, decay=0.9, tau=2.0)
-    with torch.no_grad():
-        model.weight.fill_(3.0)  # the average starts at the initial weight 1
-    model.num_batches_tracked.fill_(7)
-    ema.update(model)
-    decay = 0.9 * (1 - math.exp(-1 / 2.0))  # update 1: d_1 = 0.9 (1 - e^(-1/2)) = 0.354
-    assert ema.decay_at(1) == pytest.approx(decay)
-    assert ema.model.weight.item() == pytest.approx(decay * 1.0 + (1 - decay) * 3.0)
-    assert ema.model.num_batches_tracked.item() == 7  # integer buffers are copied
-    assert not any(p.requires_grad for p in ema.model.parameters())
-    restored = ModelEMA(nn.BatchNorm1d(1))
-    restored.load_state_dict(ema.state_dict())
-    assert restored.updates == 1 and restored.model.weight.item() == ema.model.weight.item()

@@ -7,11 +7,14 @@ import torch
 
 from detutils.data import CocoDetection, build_train_set, find_split, generate_shapes
 from detutils.engine import read_training_log, train
+from detutils.engine.presets import (
+    nanodet_schedules,
+    schedules_for,
+    yolov3_schedules,
+    yolov8_schedules,
+)
 from detutils.engine.schedule import lr_factor
 from detutils.models import build_detector
-from detutils.models.nanodet import nanodet_schedules
-from detutils.models.yolov3 import yolov3_schedules
-from detutils.models.yolov8 import yolov8_schedules
 
 SCHEDULES = {
     "yolov3-tiny": yolov3_schedules,
@@ -35,7 +38,7 @@ def shapes(tmp_path_factory):
 def test_ci_and_cpu_schedules(name):
     schedules = SCHEDULES[name]()
     assert set(schedules) == {"ci", "cpu", "gpu"}
-    assert build_detector(name, num_classes=6).config.schedules.keys() == schedules.keys()
+    assert schedules_for(build_detector(name, num_classes=6)) == schedules
     ci, cpu = schedules["ci"], schedules["cpu"]
     assert ci.iterations <= 5 and ci.img_size <= 64 and (ci.threads, ci.workers) == (1, 0)
     # cpu: planned in iterations, one evaluation at the end, a time guard that leaves
@@ -96,3 +99,13 @@ def test_each_schedule_starts_and_runs_its_first_iterations(shapes, tmp_path, na
     train_log, _ = read_training_log(tmp_path / "run")
     losses = train_log.drop(columns=["epoch", "iteration", "lr"])
     assert torch.isfinite(torch.tensor(losses.to_numpy())).all()
+
+
+def test_every_detector_has_its_schedule_presets():
+    from detutils.models import DETECTORS
+
+    assert set(SCHEDULE_PRESETS) == set(DETECTORS)
+    first, second = schedules_for("yolov8n"), schedules_for("yolov8n")
+    assert first == second and first is not second  # a new dict each time
+    with pytest.raises(TypeError):
+        SCHEDULE_PRESETS["mine"] = yolov8_schedules  # the table is read-only

@@ -1,5 +1,6 @@
 """Tests of detutils.models.yolov8 and yolov8_blocks: sizes, layout, decoding, a few steps."""
 
+import dataclasses
 import math
 
 import pytest
@@ -170,5 +171,8 @@ def test_factories_copy_their_preset():
     model = build_yolov8n(num_classes=7)
     assert model.name == "yolov8n" and model.num_classes == 7
     assert model.config.width == 0.25 and build_yolov8s().config.width == 0.5
-    model.config.topk = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        YOLOV8_PRESETS["yolov8n"].topk = 3  # a preset cannot be changed in place
+    with pytest.raises(TypeError):
+        YOLOV8_PRESETS["yolov8x"] = YOLOV8_PRESETS["yolov8n"]  # nor the table
     assert YOLOV8_PRESETS["yolov8n"].topk == 10 and YOLOV8_PRESETS["yolov8n"].num_classes == 80

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detutils.boxes import box_iou_aligned
-from detutils.engine.postprocess import postprocess_detections
 from detutils.engine.schedule import TrainSchedule
+from detutils.postprocess import postprocess_detections
 
 __all__ = ["TinyDetector", "TinyDetectorConfig", "build"]
 

@@ -4,23 +4,20 @@ Every assigner marks a prior with ``BACKGROUND`` (it learns "no object") or
 ``IGNORE`` (it takes part in no loss), for the gt index and for the label alike.
 """
 
-BACKGROUND = -1
-IGNORE = -2
-
-from detutils.assigners.atss import (  # noqa: E402
+from detutils.assigners.atss import (
     ATSSExplanation,
     assign_atss,
     assign_atss_batched,
     explain_atss,
 )
-from detutils.assigners.batch import pad_ground_truth  # noqa: E402
-from detutils.assigners.result import AssignResult  # noqa: E402
-from detutils.assigners.tal import (  # noqa: E402
+from detutils.assigners.batch import pad_ground_truth
+from detutils.assigners.result import BACKGROUND, IGNORE, AssignResult
+from detutils.assigners.tal import (
     TaskAlignedResult,
     assign_task_aligned,
     assign_task_aligned_dense,
 )
-from detutils.assigners.wh_iou import YOLOv3Targets, build_yolov3_targets, wh_iou  # noqa: E402
+from detutils.assigners.yolov3_targets import YOLOv3Targets, build_yolov3_targets, wh_iou
 
 __all__ = [
     "ATSSExplanation",

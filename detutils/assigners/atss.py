@@ -62,8 +62,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from detutils.assigners import BACKGROUND
-from detutils.assigners.result import AssignResult
+from detutils.assigners.result import BACKGROUND, AssignResult
 from detutils.boxes import box_iou, box_iou_aligned
 
 if TYPE_CHECKING:

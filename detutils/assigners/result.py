@@ -9,7 +9,10 @@ from typing import NamedTuple
 
 from torch import Tensor
 
-__all__ = ["AssignResult"]
+__all__ = ["BACKGROUND", "IGNORE", "AssignResult"]
+
+BACKGROUND = -1  # the prior learns "no object" (gt index and label)
+IGNORE = -2  # the prior takes part in no loss (gt index and label)
 
 
 class AssignResult(NamedTuple):

@@ -59,7 +59,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from detutils.assigners import BACKGROUND
+from detutils.assigners.result import BACKGROUND
 from detutils.boxes import box_iou_aligned
 
 __all__ = [

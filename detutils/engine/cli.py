@@ -20,9 +20,10 @@ from typing import Any
 from torch import nn
 
 from detutils import SCHEDULES, current_schedule
+from detutils.distributed import cleanup_distributed, init_distributed, resolve_device
 from detutils.engine.checkpoint import CheckpointError, inference_state_dict, load_checkpoint
-from detutils.engine.distributed import cleanup_distributed, init_distributed, resolve_device
-from detutils.engine.schedule import TrainSchedule, default_schedules
+from detutils.engine.presets import schedules_for
+from detutils.engine.schedule import TrainSchedule
 
 __all__ = ["UsageError", "evaluate_main", "load_detector", "predict_main", "train_main"]
 
@@ -106,10 +107,6 @@ def load_detector(name: str, checkpoint: dict[str, Any], path: Path | str = "") 
     return model.eval()
 
 
-def _schedules(model: nn.Module) -> dict[str, TrainSchedule]:
-    return getattr(getattr(model, "config", None), "schedules", None) or default_schedules()
-
-
 def _common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="detector name, or module:factory")
     parser.add_argument(
@@ -150,7 +147,7 @@ def train_main(argv: list[str] | None = None) -> int:
 def _train(args: argparse.Namespace) -> int:
     from detutils.data.mosaic import build_train_set
     from detutils.data.transforms import build_transforms
-    from detutils.engine.train import NonFiniteLossError, seed_everything, train
+    from detutils.engine.trainer import NonFiniteLossError, seed_everything, train
 
     try:
         schedule_name = args.schedule or current_schedule()
@@ -182,7 +179,7 @@ def _train(args: argparse.Namespace) -> int:
             )
         base = TrainSchedule.from_dict(checkpoint["schedule"])
     else:
-        schedules = _schedules(model)
+        schedules = schedules_for(model)
         if schedule_name not in schedules:
             raise UsageError(f"model {model.name!r} has no {schedule_name!r} schedule")
         base = schedules[schedule_name]
@@ -248,7 +245,7 @@ def evaluate_main(argv: list[str] | None = None) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from detutils.data.transforms import build_transforms
-    from detutils.engine.evaluate import evaluate
+    from detutils.engine.evaluator import evaluate
     from detutils.engine.loader import build_eval_loader
 
     checkpoint = _checkpoint(args.ckpt)

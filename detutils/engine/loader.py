@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from detutils.engine.distributed import DistributedContext
+from detutils.distributed import DistributedContext
 
 __all__ = ["build_eval_loader", "build_train_loader", "seed_worker", "set_loader_epoch"]
 

@@ -1,8 +1,9 @@
-"""How a detector is trained: the schedule, the optimizer, the learning rate, the EMA.
+"""How a detector is trained: the schedule, the optimizer and the learning rate.
 
-A ``TrainSchedule`` holds every number of a training run. Each detector's config
-holds three of them, ``schedules["ci"|"cpu"|"gpu"]``: seconds for the tests, minutes
-on a laptop CPU, and the full GPU recipe. Command-line flags override single fields.
+A ``TrainSchedule`` holds every number of a training run. Each detector has three,
+``ci``, ``cpu`` and ``gpu`` (``detutils.engine.presets``): seconds for the tests,
+minutes on a laptop CPU, and the full GPU recipe. Command-line flags override single
+fields.
 
 A run lasts ``epochs`` passes over the training set, or exactly ``iterations``
 optimizer steps when that is set (a run shorter than one epoch, or one that ends
@@ -18,7 +19,6 @@ The learning rate is set every iteration: a linear warm-up from
 ``step_milestones`` (fractions of the whole run).
 """
 
-import copy
 import dataclasses
 import math
 from collections.abc import Callable
@@ -29,13 +29,9 @@ import torch
 from torch import nn
 
 __all__ = [
-    "ModelEMA",
     "TrainSchedule",
     "build_lr_scheduler",
     "build_optimizer",
-    "ci_schedule",
-    "cpu_budget_schedule",
-    "default_schedules",
     "lr_factor",
     "parameter_groups",
 ]
@@ -129,58 +125,6 @@ class TrainSchedule:
         values = dict(values)
         values["step_milestones"] = tuple(values.get("step_milestones", ()))
         return cls(**values)
-
-
-def default_schedules() -> dict[str, TrainSchedule]:
-    """Schedules for a detector whose config names none: ``ci``, ``cpu`` and ``gpu``."""
-    return {
-        "ci": TrainSchedule(
-            epochs=1, batch_size=4, img_size=64, warmup_epochs=0.0, threads=1, workers=0
-        ),
-        "cpu": TrainSchedule(epochs=30, batch_size=8, img_size=256, max_minutes=10.0),
-        "gpu": TrainSchedule(
-            epochs=100, batch_size=32, img_size=640, amp=True, ema=True, workers=8
-        ),
-    }
-
-
-def ci_schedule() -> TrainSchedule:
-    """The ``ci`` schedule of the course's detectors: does everything run?
-
-    Three AdamW steps of four 64 px images, no augmentation, on one thread without
-    worker processes (seconds, and bit-identical from run to run), evaluated once.
-    """
-    return TrainSchedule(
-        iterations=3, batch_size=4, img_size=64, optimizer="adamw", lr=0.002,
-        momentum=0.9, warmup_epochs=0.0, augment=False, eval_interval=0, threads=1,
-        workers=0,
-    )  # fmt: skip
-
-
-def cpu_budget_schedule(
-    iterations: int,
-    lr: float,
-    img_size: int = 256,
-    amp: bool = False,
-    channels_last: bool = False,
-) -> TrainSchedule:
-    """A ``cpu`` schedule for ten minutes of a 2-core CPU, evaluation included.
-
-    ``iterations`` steps of 16 images at ``img_size`` px with AdamW at ``lr`` (beta1
-    0.9) after half an epoch of warm-up, then a cosine to 1 % of it; flips and colour
-    jitter on images decoded into memory once; one evaluation, at the end. The plan is
-    in iterations, so the cosine reaches its floor at the last one; ``max_minutes``
-    (8.75) stops a slower machine and ``lr_by_time`` then ends the cosine at that
-    deadline. ``amp`` (bfloat16 convolutions on a CPU that has them) and
-    ``channels_last`` make each step cheaper, so more of them fit. Each detector's
-    docstring gives the numbers measured for its own choice of these arguments.
-    """
-    return TrainSchedule(
-        iterations=iterations, batch_size=16, img_size=img_size, optimizer="adamw", lr=lr,
-        momentum=0.9, warmup_epochs=0.5, augment=True, cache_images=True,
-        eval_interval=0, threads=2, workers=1, max_minutes=8.75, lr_by_time=True, amp=amp,
-        channels_last=channels_last,
-    )  # fmt: skip
 
 
 def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -290,44 +234,3 @@ def build_lr_scheduler(
         return lr_factor(iteration, total, schedule, warmup)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-class ModelEMA:
-    """An exponential moving average of a model's weights.
-
-    After update ``n`` the average moves towards the model by ``1 - d_n`` with
-    ``d_n = decay * (1 - exp(-n / tau))``: the ramp lets the average follow the
-    fast early changes, then smooths the late noise. Integer buffers are copied.
-
-    Reference:
-        ultralytics ``utils/torch_utils.py`` ``ModelEMA``.
-    """
-
-    def __init__(self, model: nn.Module, decay: float = 0.9999, tau: float = 2000.0) -> None:
-        self.model = copy.deepcopy(model).eval()
-        for parameter in self.model.parameters():
-            parameter.requires_grad_(False)
-        self.decay, self.tau, self.updates = decay, tau, 0
-
-    def decay_at(self, updates: int) -> float:
-        """The decay ``d_n`` used by update number ``updates``."""
-        return self.decay * (1.0 - math.exp(-updates / self.tau))
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        """Move the average one step towards ``model`` (the unwrapped, non-DDP module)."""
-        self.updates += 1
-        decay = self.decay_at(self.updates)
-        current = model.state_dict()
-        for name, average in self.model.state_dict().items():
-            if average.dtype.is_floating_point:
-                average.mul_(decay).add_(current[name].detach(), alpha=1.0 - decay)
-            else:
-                average.copy_(current[name])
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"model": self.model.state_dict(), "updates": self.updates}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.updates = int(state["updates"])

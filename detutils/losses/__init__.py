@@ -4,7 +4,7 @@ from detutils.losses.dfl import distribution_focal_loss
 from detutils.losses.focal import quality_focal_loss, sigmoid_focal_loss, weight_reduce_loss
 from detutils.losses.gfl import gfl_loss
 from detutils.losses.iou import iou_loss
-from detutils.losses.yolo import yolov3_loss
+from detutils.losses.yolov3 import yolov3_loss
 from detutils.losses.yolov8 import yolov8_loss
 
 __all__: list[str] = [

@@ -37,11 +37,10 @@ mmdet ``GFLHead.loss_by_feat``; Li et al., "Generalized Focal Loss", NeurIPS 202
 import torch
 from torch import Tensor
 
-from detutils.assigners import IGNORE
-from detutils.assigners.result import AssignResult
+from detutils.assigners.result import IGNORE, AssignResult
 from detutils.boxes import box_iou_aligned
 from detutils.coders import decode_distance, dfl_distances, encode_distance
-from detutils.engine.distributed import all_reduce_mean
+from detutils.distributed import all_reduce_mean
 from detutils.losses.dfl import distribution_focal_loss
 from detutils.losses.focal import quality_focal_loss
 from detutils.losses.iou import iou_loss

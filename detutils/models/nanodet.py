@@ -35,18 +35,17 @@ Reference: NanoDet ``config/nanodet-m.yml``, ``nanodet/model/head/nanodet_head.p
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 from detutils.assigners import AssignResult, assign_atss_batched, pad_ground_truth
 from detutils.coders import decode_distance, dfl_distances
-from detutils.engine.postprocess import postprocess_detections
-from detutils.engine.schedule import TrainSchedule, ci_schedule, cpu_budget_schedule
 from detutils.losses.gfl import gfl_loss
 from detutils.models.backbones import SHUFFLENETV2_CHANNELS, ShuffleNetV2Backbone
 from detutils.models.necks import PAN
+from detutils.postprocess import postprocess_detections
 from detutils.priors import anchor_points, grid_cells
 
 __all__ = ["NanoDet", "NanoDetConfig", "NanoDetHead", "build_nanodet_m"]
@@ -54,50 +53,7 @@ __all__ = ["NanoDet", "NanoDetConfig", "NanoDetHead", "build_nanodet_m"]
 NanoDetOutputs = tuple[list[Tensor], list[Tensor]]  # (class maps, distribution maps)
 
 
-def nanodet_schedules() -> dict[str, TrainSchedule]:
-    """The ``ci``, ``cpu`` and ``gpu`` training schedules of NanoDet-m.
-
-    ci   seconds: three steps of four 64 px images, one thread, no worker process.
-    cpu  NanoDet-m on the shapes set within ten minutes of a 2-core CPU, evaluation of
-         the 500 validation images included: 840 steps of 16 images at 256 px (about
-         6.7 epochs), AdamW at 0.004 after half an epoch of warm-up, a cosine to 1 % of
-         it, flip and colour jitter, images decoded into memory once, channels-last
-         weights, one evaluation at the end; ``max_minutes`` (8.75) stops the training
-         on a slower machine and ``lr_by_time`` then ends the cosine at that deadline.
-         Measured here (2 threads, one run each), on the same day: channels-last, 840
-         steps within the time guard (planned for 1000), 9.4 minutes with evaluation,
-         AP 0.336, AP50 0.440; the usual layout, 679 steps, 9.9 minutes, AP50 0.360
-         (on an earlier, faster day 841 steps and 0.407). A step of 16 images took
-         0.59 s channels-last against 0.67 s; bfloat16 (``amp``) gained nothing more
-         (0.63 s): the depthwise convolutions of ShuffleNetV2 are bound by memory, not
-         arithmetic. In float32 and the usual layout, lr 0.002 gave 785 steps and AP50
-         0.363; at 320 px and lr 0.002, 348 steps and AP50 0.265: in a run this short,
-         steps count more than pixels, and the small objects even gained (APs 0.142
-         against 0.071).
-    gpu  the recipe of NanoDet's ``config/nanodet-m.yml``: SGD with momentum 0.9, lr
-         0.14 for 192 images a step, weight decay 1e-4, 280 epochs at 320 px, the rate
-         divided by 10 at epochs 240, 260 and 275, mixed precision. Differences: the
-         warm-up is half an epoch from 1 % of lr (NanoDet: 300 steps from 10 %), the
-         gradient norm is clipped at 10 (NanoDet: 35), and NanoDet's augmentation
-         (random scale 0.6 to 1.4, brightness, contrast, saturation) is the course's
-         flip and colour jitter.
-
-    Returns:
-        ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
-    """
-    return {
-        "ci": ci_schedule(),
-        "cpu": cpu_budget_schedule(iterations=840, lr=0.004, channels_last=True),
-        "gpu": TrainSchedule(
-            epochs=280, batch_size=192, img_size=320, optimizer="sgd", lr=0.14,
-            momentum=0.9, weight_decay=1e-4, warmup_epochs=1.0, lr_schedule="step",
-            step_milestones=(240 / 280, 260 / 280, 275 / 280), step_gamma=0.1, amp=True,
-            workers=8,
-        ),
-    }  # fmt: skip
-
-
-@dataclass
+@dataclass(frozen=True)
 class NanoDetConfig:
     """Everything that defines a NanoDet detector; the defaults are NanoDet-m."""
 
@@ -122,7 +78,6 @@ class NanoDetConfig:
     prior_bias: float = -4.595  # initial bias of the output conv: sigmoid = 0.01
     pixel_mean: tuple[float, float, float] = (0.485, 0.456, 0.406)  # RGB, images in [0, 1]
     pixel_std: tuple[float, float, float] = (0.229, 0.224, 0.225)  # RGB
-    schedules: dict = field(default_factory=nanodet_schedules)  # by name: ci, cpu, gpu
 
 
 def _depthwise_separable(

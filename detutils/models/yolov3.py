@@ -37,18 +37,18 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
 
 from detutils.assigners.batch import pad_ground_truth
-from detutils.assigners.wh_iou import build_yolov3_targets
-from detutils.engine.postprocess import postprocess_detections
-from detutils.engine.schedule import TrainSchedule, ci_schedule, cpu_budget_schedule
-from detutils.losses.yolo import yolov3_loss
+from detutils.assigners.yolov3_targets import build_yolov3_targets
+from detutils.losses.yolov3 import yolov3_loss
 from detutils.models.darknet import Darknet, YOLOLayer, read_darknet_cfg
+from detutils.postprocess import postprocess_detections
 
 __all__ = [
     "CFG_DIR",
@@ -63,7 +63,7 @@ __all__ = [
 CFG_DIR = Path(__file__).parent / "cfg"
 
 
-@dataclass
+@dataclass(frozen=True)
 class YOLOv3Config:
     """Everything that defines a YOLOv3 detector; one preset per network size."""
 
@@ -80,63 +80,14 @@ class YOLOv3Config:
     objects_per_image: float = 8.0  # objectness prior of the bias init: objects in a
     # prior_image_size x prior_image_size image
     prior_image_size: int = 640  # see objects_per_image
-    schedules: dict = field(default_factory=dict)  # training schedules by name (ci/cpu/gpu)
 
 
-def yolov3_schedules() -> dict[str, TrainSchedule]:
-    """The ``ci``, ``cpu`` and ``gpu`` training schedules of YOLOv3 and YOLOv3-tiny.
-
-    ci   seconds, for the tests and the notebooks in CI: three steps of four 64 px
-         images on one thread, no worker process.
-    cpu  YOLOv3-tiny on the shapes set within ten minutes of a 2-core CPU, evaluation
-         of the 500 validation images included (the full YOLOv3 does about twelve times
-         the arithmetic per image; on this schedule it only starts learning). 900
-         steps of 16 images (7.2 epochs) at 256 px, AdamW at 0.002 after half an epoch
-         of warm-up, a cosine to 1 % of it, flip and colour jitter, the images decoded
-         into memory once, one evaluation at the end. The convolutions run in bfloat16
-         (``amp``, on a CPU with native bfloat16 kernels; others train in float32) on
-         channels-last weights: on the AVX512-BF16 CPU it was measured on, a step of 16
-         images took 0.53 s against 1.11 s in float32, so twice the steps fit. The plan
-         is in iterations, so the cosine reaches its floor at the last one;
-         ``max_minutes`` (8.75) stops a slower machine, and ``lr_by_time`` lets the clock
-         pull the cosine along, so that such a machine still ends at the floor. Measured
-         on the shapes set (one run each, 2 threads, 500 validation images): this
-         schedule, all 900 steps in 9.1 minutes with evaluation, AP 0.289, AP50 0.505.
-         In float32 about 530 steps fit: AP50 0.372 to 0.376 (channels-last or not); at
-         lr 0.004, 0.361; at 224 px (620 steps), 0.361; 1000 steps of 8 images at 192 px
-         without augmentation or caching, 0.303 in 7.9 minutes. The loss keeps the reference's
-         COCO gains: its scaling of the class gain by C / 80 gave a lower AP50 in short
-         runs (0.13 against 0.17 at 128 px, 600 steps).
-    gpu  the reference's recipe (``train.py`` of ultralytics/yolov3, archive branch):
-         SGD with Nesterov momentum 0.937, lr 0.01, weight decay 5e-4, 300 epochs, 64
-         images per optimizer step (the reference accumulates 4 batches of 16), 3 epochs
-         of warm-up, a cosine to 0.05 lr, an EMA of the weights, mixed precision, at
-         416 px (the reference's test size; it trains multi-scale, 320 to 640 px,
-         which the course's trainer does not do). Differences from the reference: the
-         trainer clips the gradient norm at 10, and its warm-up ramps every parameter
-         group from 1 % of lr (the reference also ramps momentum and the biases'
-         rate, and ``gr`` from 0 to 1), and the class gain is not scaled by C / 80.
-
-    Returns:
-        ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
-    """
-    return {
-        "ci": ci_schedule(),
-        "cpu": cpu_budget_schedule(iterations=900, lr=0.002, amp=True, channels_last=True),
-        "gpu": TrainSchedule(
-            epochs=300, batch_size=64, img_size=416, optimizer="sgd", lr=0.01,
-            momentum=0.937, weight_decay=5e-4, warmup_epochs=3.0, final_lr_fraction=0.05,
-            ema=True, amp=True, workers=8,
-        ),
-    }  # fmt: skip
-
-
-YOLOV3_PRESETS: dict[str, YOLOv3Config] = {
-    "yolov3": YOLOv3Config(name="yolov3", cfg="yolov3.cfg", schedules=yolov3_schedules()),
-    "yolov3-tiny": YOLOv3Config(
-        name="yolov3-tiny", cfg="yolov3-tiny.cfg", schedules=yolov3_schedules()
-    ),
-}
+YOLOV3_PRESETS: MappingProxyType[str, YOLOv3Config] = MappingProxyType(
+    {
+        "yolov3": YOLOv3Config(name="yolov3", cfg="yolov3.cfg"),
+        "yolov3-tiny": YOLOv3Config(name="yolov3-tiny", cfg="yolov3-tiny.cfg"),
+    }
+)
 
 
 def init_head_biases(

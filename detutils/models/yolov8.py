@@ -40,15 +40,14 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
+from types import MappingProxyType
 
 import torch
 from torch import Tensor, nn
 
 from detutils.assigners.batch import pad_ground_truth
-from detutils.coders import decode_distance
-from detutils.engine.postprocess import postprocess_detections
-from detutils.engine.schedule import TrainSchedule, ci_schedule, cpu_budget_schedule
+from detutils.coders import decode_distance, dfl_distances
 from detutils.losses.yolov8 import yolov8_loss
 from detutils.models.yolov8_blocks import (
     ConvBNSiLU,
@@ -57,6 +56,7 @@ from detutils.models.yolov8_blocks import (
     scale_channels,
     scale_depth,
 )
+from detutils.postprocess import postprocess_detections
 from detutils.priors import anchor_points
 
 __all__ = [
@@ -72,7 +72,7 @@ __all__ = [
 YOLOv8Outputs = list[Tensor] | tuple[Tensor, list[Tensor]]  # training | eval
 
 
-@dataclass
+@dataclass(frozen=True)
 class YOLOv8Config:
     """Everything that defines a YOLOv8 detector; the defaults are YOLOv8n."""
 
@@ -92,65 +92,22 @@ class YOLOv8Config:
     beta: float = 6.0  # task-aligned assigner: exponent of the CIoU
     prior_objects: float = 5.0  # class-bias prior: objects per prior_image_size^2 image
     prior_image_size: int = 640  # see prior_objects
-    schedules: dict = field(default_factory=dict)  # training schedules by name (ci/cpu/gpu)
 
 
-def yolov8_schedules() -> dict[str, TrainSchedule]:
-    """The ``ci``, ``cpu`` and ``gpu`` training schedules of YOLOv8n and YOLOv8s.
-
-    ci   seconds: three steps of four 64 px images, one thread, no worker process.
-    cpu  YOLOv8n on the shapes set within ten minutes of a 2-core CPU, evaluation of the
-         500 validation images included: 950 steps of 16 images at 256 px (about 7.6
-         epochs), AdamW at 0.002 after half an epoch of warm-up, a cosine to 1 % of it,
-         flip and colour jitter, images decoded into memory once, one evaluation at the
-         end, the convolutions in bfloat16 (``amp``; float32 on a CPU without native
-         bfloat16 kernels) on channels-last weights: 0.53 s a step against 0.86 s in
-         float32 on the AVX512-BF16 CPU measured. ``max_minutes`` (8.75) stops the
-         training on a slower machine and ``lr_by_time`` then ends the cosine at that
-         deadline. Measured here (2 threads): 956 steps within the time guard (planned
-         for 1150), 9.2 minutes with evaluation, AP 0.401, AP50 0.514. In float32,
-         728 steps fit: AP 0.319, AP50 0.422. At 320 px (float32) the same budget gave
-         315 and 377 steps in two runs, AP50 0.232 and 0.283: steps count more than
-         pixels in a run this short, and the small objects even gained (APs 0.100
-         against 0.064 and 0.067).
-         Mosaic (as ultralytics trains) halved AP50 at 320 px (0.119): mosaics are
-         harder images, and a run of a few epochs has no over-fitting to prevent.
-    gpu  ultralytics' default recipe (``cfg/default.yaml``) with 64 images per step:
-         SGD with Nesterov momentum 0.937, lr 0.01, weight decay 5e-4, 3 warm-up
-         epochs, decay to 1 % of lr, EMA of the weights, mixed precision, 500 epochs at
-         640 px (ultralytics' YOLOv8 models were trained this long). Differences: a
-         cosine instead of ultralytics' linear decay, no mosaic unless ``mosaic`` is
-         set, a warm-up without ultralytics' separate bias and momentum ramps.
-
-    Returns:
-        ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
-    """
-    return {
-        "ci": ci_schedule(),
-        "cpu": cpu_budget_schedule(iterations=950, lr=0.002, amp=True, channels_last=True),
-        "gpu": TrainSchedule(
-            epochs=500, batch_size=64, img_size=640, optimizer="sgd", lr=0.01,
-            momentum=0.937, weight_decay=5e-4, warmup_epochs=3.0, final_lr_fraction=0.01,
-            ema=True, amp=True, workers=8,
-        ),
-    }  # fmt: skip
-
-
-YOLOV8_PRESETS: dict[str, YOLOv8Config] = {
-    "yolov8n": YOLOv8Config(
-        name="yolov8n", depth=0.33, width=0.25, max_channels=1024, schedules=yolov8_schedules()
-    ),
-    "yolov8s": YOLOv8Config(
-        name="yolov8s", depth=0.33, width=0.50, max_channels=1024, schedules=yolov8_schedules()
-    ),
-}
+YOLOV8_PRESETS: MappingProxyType[str, YOLOv8Config] = MappingProxyType(
+    {
+        "yolov8n": YOLOv8Config(name="yolov8n", depth=0.33, width=0.25, max_channels=1024),
+        "yolov8s": YOLOv8Config(name="yolov8s", depth=0.33, width=0.50, max_channels=1024),
+    }
+)
 
 
 class DFLIntegral(nn.Module):
     """Side distances from distribution logits: softmax over the bins, dot [0, 1, ..., n - 1].
 
     The bin values are a frozen parameter, as the weights of ultralytics' ``DFL`` 1x1
-    conv are; the result equals :func:`detutils.coders.dfl_distances`.
+    conv are (so the parameter count is ultralytics'); the arithmetic is
+    :func:`detutils.coders.dfl_distances`.
     """
 
     def __init__(self, num_bins: int) -> None:
@@ -160,8 +117,7 @@ class DFLIntegral(nn.Module):
 
     def forward(self, dist_logits: Tensor) -> Tensor:
         """(..., 4 n) logits, side-major -> (..., 4) l, t, r, b in bins."""
-        probabilities = dist_logits.unflatten(-1, (4, -1)).softmax(dim=-1)  # (..., 4, n)
-        return probabilities @ self.bins.to(probabilities.dtype)
+        return dfl_distances(dist_logits, self.bins)
 
 
 class YOLOv8Head(nn.Module):

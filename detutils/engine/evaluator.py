@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 
 from detutils.boxes import clip_boxes, xyxy_to_xywh
 from detutils.data.transforms import undo_letterbox
-from detutils.engine.distributed import all_gather_objects, broadcast_object
+from detutils.distributed import all_gather_objects, broadcast_object
 
 __all__ = [
     "METRIC_NAMES",

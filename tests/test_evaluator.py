@@ -1,4 +1,4 @@
-"""Tests of detutils.engine.evaluate: COCO metrics through pycocotools' COCOeval."""
+"""Tests of detutils.engine.evaluator: COCO metrics through pycocotools' COCOeval."""
 
 import contextlib
 import io
@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from detutils.data import CocoDetection, build_transforms, collate
-from detutils.engine.evaluate import coco_evaluate, detections_to_coco, evaluate, merge_labels
+from detutils.engine.evaluator import coco_evaluate, detections_to_coco, evaluate, merge_labels
 
 # COCOeval interpolates precision at 101 recall points 0.00, 0.01, ..., 1.00. A class
 # with two objects whose first detection is right and second wrong reaches recall 0.5

@@ -1,4 +1,4 @@
-"""Tests of detutils.assigners.wh_iou: wh-IoU and YOLOv3 target building."""
+"""Tests of detutils.assigners.yolov3_targets: wh-IoU and YOLOv3 target building."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Tests of detutils.losses.yolo: the YOLOv3 loss against hand values and a loop version."""
+"""Tests of detutils.losses.yolov3: the YOLOv3 loss against hand values and a loop version."""
 
 import math
 
@@ -7,7 +7,7 @@ import torch
 
 from detutils.assigners import YOLOv3Targets, build_yolov3_targets
 from detutils.losses import yolov3_loss
-from detutils.losses.yolo import last_write_wins
+from detutils.losses.yolov3 import last_write_wins
 
 ANCHORS = [
     torch.tensor([[116.0, 90], [156, 198], [373, 326]]),

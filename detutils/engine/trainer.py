@@ -30,6 +30,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset
 
+from detutils.distributed import (
+    DistributedContext,
+    all_gather_objects,
+    all_reduce_mean,
+    barrier,
+    init_distributed,
+)
 from detutils.engine.checkpoint import (
     CheckpointError,
     capture_rng_state,
@@ -37,17 +44,11 @@ from detutils.engine.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from detutils.engine.distributed import (
-    DistributedContext,
-    all_gather_objects,
-    all_reduce_mean,
-    barrier,
-    init_distributed,
-)
-from detutils.engine.evaluate import evaluate
+from detutils.engine.ema import ModelEMA
+from detutils.engine.evaluator import evaluate
 from detutils.engine.loader import build_eval_loader, build_train_loader, set_loader_epoch
 from detutils.engine.log import EVAL_LOG, TRAIN_LOG, CsvLog, progress_bar
-from detutils.engine.schedule import ModelEMA, TrainSchedule, build_lr_scheduler, build_optimizer
+from detutils.engine.schedule import TrainSchedule, build_lr_scheduler, build_optimizer
 
 __all__ = [
     "NonFiniteLossError",

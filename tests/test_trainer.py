@@ -1,4 +1,4 @@
-"""Tests of detutils.engine.train (and its loaders, logs and single-process collectives)."""
+"""Tests of detutils.engine.trainer (and its loaders, logs and single-process collectives)."""
 
 import importlib
 import math
@@ -11,18 +11,18 @@ from tiny_detector import TinyDetector, build
 from torch.utils.data import Subset
 
 from detutils.data import CocoDetection, build_transforms, find_split, generate_shapes
-from detutils.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from detutils.engine.distributed import (
+from detutils.distributed import (
     DistributedContext,
     all_gather_objects,
     all_reduce_mean,
     init_distributed,
     resolve_device,
 )
+from detutils.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from detutils.engine.loader import build_train_loader, set_loader_epoch
 from detutils.engine.log import CsvLog, plot_training_log, read_training_log
 from detutils.engine.schedule import lr_factor
-from detutils.engine.train import (
+from detutils.engine.trainer import (
     NonFiniteLossError,
     cpu_has_bfloat16,
     move_targets,
@@ -33,7 +33,7 @@ from detutils.engine.train import (
 from detutils.models import DETECTORS, build_detector
 
 # The module, not the function of the same name that detutils.engine exports.
-train_module = importlib.import_module("detutils.engine.train")
+train_module = importlib.import_module("detutils.engine.trainer")
 
 # 16 training images of 64 px, batch 4: four iterations per epoch.
 ITERATIONS_PER_EPOCH = 4

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detutils.assigners.wh_iou import YOLOv3Targets
+from detutils.assigners.yolov3_targets import YOLOv3Targets
 from detutils.boxes import box_iou_aligned, cxcywh_to_xyxy
 from detutils.trace import record
 

@@ -1,0 +1,206 @@
+"""The training schedules of every detector, by command-line name: ``ci``, ``cpu``, ``gpu``.
+
+The engine owns the schedules; a model's config describes only the network and its
+losses. ``schedules_for(name)`` gives a new dict of the three each time, so a notebook
+that changes one changes only its own copy.
+
+    ci   seconds: does everything run? The tests and the notebooks in CI use it.
+    cpu  minutes: a meaningful result on a plain 2-core laptop CPU, in float32.
+    gpu  the reference's recipe, or a stated difference from it.
+
+The figures each ``cpu`` schedule reaches are measured by ``benchmarks/cpu_budget.py``
+and listed in the README's course map, not here: they move with the machine.
+"""
+
+from collections.abc import Callable
+from types import MappingProxyType
+
+from torch import nn
+
+from detutils.engine.schedule import TrainSchedule
+
+__all__ = [
+    "SCHEDULE_PRESETS",
+    "ci_schedule",
+    "cpu_budget_schedule",
+    "default_schedules",
+    "nanodet_schedules",
+    "schedules_for",
+    "yolov3_schedules",
+    "yolov8_schedules",
+]
+
+
+def default_schedules() -> dict[str, TrainSchedule]:
+    """Schedules for a detector whose config names none: ``ci``, ``cpu`` and ``gpu``."""
+    return {
+        "ci": TrainSchedule(
+            epochs=1, batch_size=4, img_size=64, warmup_epochs=0.0, threads=1, workers=0
+        ),
+        "cpu": TrainSchedule(epochs=30, batch_size=8, img_size=256, max_minutes=10.0),
+        "gpu": TrainSchedule(
+            epochs=100, batch_size=32, img_size=640, amp=True, ema=True, workers=8
+        ),
+    }
+
+
+def ci_schedule() -> TrainSchedule:
+    """The ``ci`` schedule of the course's detectors: does everything run?
+
+    Three AdamW steps of four 64 px images, no augmentation, on one thread without
+    worker processes (seconds, and bit-identical from run to run), evaluated once.
+    """
+    return TrainSchedule(
+        iterations=3, batch_size=4, img_size=64, optimizer="adamw", lr=0.002,
+        momentum=0.9, warmup_epochs=0.0, augment=False, eval_interval=0, threads=1,
+        workers=0,
+    )  # fmt: skip
+
+
+def cpu_budget_schedule(
+    iterations: int,
+    lr: float,
+    img_size: int = 256,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> TrainSchedule:
+    """A ``cpu`` schedule for ten minutes of a 2-core CPU, evaluation included.
+
+    ``iterations`` steps of 16 images at ``img_size`` px with AdamW at ``lr`` (beta1
+    0.9) after half an epoch of warm-up, then a cosine to 1 % of it; flips and colour
+    jitter on images decoded into memory once; one evaluation, at the end. The plan is
+    in iterations, so the cosine reaches its floor at the last one; ``max_minutes``
+    (8.75) stops a slower machine and ``lr_by_time`` then ends the cosine at that
+    deadline. ``amp`` (bfloat16 convolutions on a CPU that has them) and
+    ``channels_last`` make each step cheaper, so more of them fit. Each detector's
+    docstring gives the numbers measured for its own choice of these arguments.
+    """
+    return TrainSchedule(
+        iterations=iterations, batch_size=16, img_size=img_size, optimizer="adamw", lr=lr,
+        momentum=0.9, warmup_epochs=0.5, augment=True, cache_images=True,
+        eval_interval=0, threads=2, workers=1, max_minutes=8.75, lr_by_time=True, amp=amp,
+        channels_last=channels_last,
+    )  # fmt: skip
+
+
+def yolov3_schedules() -> dict[str, TrainSchedule]:
+    """The ``ci``, ``cpu`` and ``gpu`` training schedules of YOLOv3 and YOLOv3-tiny.
+
+    ci   three steps of four 64 px images on one thread, no worker process.
+    cpu  YOLOv3-tiny on the shapes set within ten minutes of a 2-core CPU, evaluation
+         of the 500 validation images included (the full YOLOv3 does about twelve times
+         the arithmetic per image; on this schedule it only starts learning). See
+         ``cpu_budget_schedule``. The loss keeps the reference's COCO gains.
+    gpu  the reference's recipe (``train.py`` of ultralytics/yolov3, archive branch):
+         SGD with Nesterov momentum 0.937, lr 0.01, weight decay 5e-4, 300 epochs, 64
+         images per optimizer step (the reference accumulates 4 batches of 16), 3 epochs
+         of warm-up, a cosine to 0.05 lr, an EMA of the weights, mixed precision, at
+         416 px (the reference's test size; it trains multi-scale, 320 to 640 px,
+         which the course's trainer does not do). Differences from the reference: the
+         trainer clips the gradient norm at 10, and its warm-up ramps every parameter
+         group from 1 % of lr (the reference also ramps momentum and the biases'
+         rate, and ``gr`` from 0 to 1), and the class gain is not scaled by C / 80.
+
+    Returns:
+        ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
+    """
+    return {
+        "ci": ci_schedule(),
+        "cpu": cpu_budget_schedule(iterations=900, lr=0.002, amp=True, channels_last=True),
+        "gpu": TrainSchedule(
+            epochs=300, batch_size=64, img_size=416, optimizer="sgd", lr=0.01,
+            momentum=0.937, weight_decay=5e-4, warmup_epochs=3.0, final_lr_fraction=0.05,
+            ema=True, amp=True, workers=8,
+        ),
+    }  # fmt: skip
+
+
+def nanodet_schedules() -> dict[str, TrainSchedule]:
+    """The ``ci``, ``cpu`` and ``gpu`` training schedules of NanoDet-m.
+
+    ci   three steps of four 64 px images on one thread, no worker process.
+    cpu  NanoDet-m on the shapes set within ten minutes of a 2-core CPU, evaluation of
+         the 500 validation images included; see ``cpu_budget_schedule``. bfloat16
+         (``amp``) does not pay here: the depthwise convolutions of ShuffleNetV2 are
+         bound by memory, not arithmetic.
+    gpu  the recipe of NanoDet's ``config/nanodet-m.yml``: SGD with momentum 0.9, lr
+         0.14 for 192 images a step, weight decay 1e-4, 280 epochs at 320 px, the rate
+         divided by 10 at epochs 240, 260 and 275, mixed precision. Differences: the
+         warm-up is half an epoch from 1 % of lr (NanoDet: 300 steps from 10 %), the
+         gradient norm is clipped at 10 (NanoDet: 35), and NanoDet's augmentation
+         (random scale 0.6 to 1.4, brightness, contrast, saturation) is the course's
+         flip and colour jitter.
+
+    Returns:
+        ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
+    """
+    return {
+        "ci": ci_schedule(),
+        "cpu": cpu_budget_schedule(iterations=840, lr=0.004, channels_last=True),
+        "gpu": TrainSchedule(
+            epochs=280, batch_size=192, img_size=320, optimizer="sgd", lr=0.14,
+            momentum=0.9, weight_decay=1e-4, warmup_epochs=1.0, lr_schedule="step",
+            step_milestones=(240 / 280, 260 / 280, 275 / 280), step_gamma=0.1, amp=True,
+            workers=8,
+        ),
+    }  # fmt: skip
+
+
+def yolov8_schedules() -> dict[str, TrainSchedule]:
+    """The ``ci``, ``cpu`` and ``gpu`` training schedules of YOLOv8n and YOLOv8s.
+
+    ci   three steps of four 64 px images on one thread, no worker process.
+    cpu  YOLOv8n on the shapes set within ten minutes of a 2-core CPU, evaluation of the
+         500 validation images included; see ``cpu_budget_schedule``. Mosaic (as
+         ultralytics trains) does not pay in a run of a few epochs: mosaics are harder
+         images, and so short a run has no over-fitting to prevent.
+    gpu  ultralytics' default recipe (``cfg/default.yaml``) with 64 images per step:
+         SGD with Nesterov momentum 0.937, lr 0.01, weight decay 5e-4, 3 warm-up
+         epochs, decay to 1 % of lr, EMA of the weights, mixed precision, 500 epochs at
+         640 px (ultralytics' YOLOv8 models were trained this long). Differences: a
+         cosine instead of ultralytics' linear decay, no mosaic unless ``mosaic`` is
+         set, a warm-up without ultralytics' separate bias and momentum ramps.
+
+    Returns:
+        ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
+    """
+    return {
+        "ci": ci_schedule(),
+        "cpu": cpu_budget_schedule(iterations=950, lr=0.002, amp=True, channels_last=True),
+        "gpu": TrainSchedule(
+            epochs=500, batch_size=64, img_size=640, optimizer="sgd", lr=0.01,
+            momentum=0.937, weight_decay=5e-4, warmup_epochs=3.0, final_lr_fraction=0.01,
+            ema=True, amp=True, workers=8,
+        ),
+    }  # fmt: skip
+
+
+# Command-line name -> its schedules; kept in step with ``detutils.models.DETECTORS``
+# by a test. A detector outside the package brings its own (see ``schedules_for``).
+SCHEDULE_PRESETS: MappingProxyType[str, Callable[[], dict[str, TrainSchedule]]] = MappingProxyType(
+    {
+        "yolov3": yolov3_schedules,
+        "yolov3-tiny": yolov3_schedules,
+        "nanodet-m": nanodet_schedules,
+        "yolov8n": yolov8_schedules,
+        "yolov8s": yolov8_schedules,
+    }
+)
+
+
+def schedules_for(model: nn.Module | str) -> dict[str, TrainSchedule]:
+    """The ``ci``, ``cpu`` and ``gpu`` schedules of a detector, as a new dict.
+
+    Args:
+        model: a detector (its ``name`` is looked up) or a command-line name.
+
+    Returns:
+        ``SCHEDULE_PRESETS[name]()`` for the course's detectors; for a detector built
+        outside the package (``module:factory``), the dict its ``config.schedules``
+        holds, if any, else ``default_schedules()``.
+    """
+    name = model if isinstance(model, str) else getattr(model, "name", "")
+    if name in SCHEDULE_PRESETS:
+        return SCHEDULE_PRESETS[name]()
+    own = getattr(getattr(model, "config", None), "schedules", None)
+    return dict(own) if own else default_schedules()
