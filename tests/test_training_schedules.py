@@ -8,6 +8,7 @@ import torch
 from detutils.data import CocoDetection, build_train_set, find_split, generate_shapes
 from detutils.engine import read_training_log, train
 from detutils.engine.presets import (
+    SCHEDULE_PRESETS,
     nanodet_schedules,
     schedules_for,
     yolov3_schedules,
