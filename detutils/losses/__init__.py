@@ -5,7 +5,7 @@ from detutils.losses.focal import quality_focal_loss, sigmoid_focal_loss, weight
 from detutils.losses.gfl import gfl_loss
 from detutils.losses.iou import iou_loss
 from detutils.losses.yolov3 import yolov3_loss
-from detutils.losses.yolov8 import yolov8_loss
+from detutils.losses.yolov8 import yolov8_assign, yolov8_loss
 
 __all__: list[str] = [
     "distribution_focal_loss",
@@ -15,5 +15,6 @@ __all__: list[str] = [
     "sigmoid_focal_loss",
     "weight_reduce_loss",
     "yolov3_loss",
+    "yolov8_assign",
     "yolov8_loss",
 ]

@@ -50,7 +50,7 @@ from detutils.coders import decode_distance, dfl_distances, encode_distance
 from detutils.losses.dfl import distribution_focal_loss
 from detutils.trace import record
 
-__all__ = ["yolov8_loss"]
+__all__ = ["yolov8_assign", "yolov8_loss"]
 
 DFL_EPS = 0.01  # targets stay below the last bin R by this much (ultralytics bbox2dist)
 
@@ -77,6 +77,56 @@ def _check_inputs(
     return dist_logits.shape[-1] // 4 - 1
 
 
+def _decode_grid(
+    dist_logits: Tensor, points: Tensor, point_strides: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Step 1: anchor points (A, 2) and predicted boxes (B, A, 4) xyxy, in grid units."""
+    grid_points = points.float() / point_strides.float()[:, None]  # (A, 2) cell centres
+    distances = record("pred_distances", dfl_distances(dist_logits.float()))  # (B, A, 4)
+    pred_boxes = record("pred_boxes", decode_distance(grid_points, distances))  # (B, A, 4)
+    return grid_points, pred_boxes
+
+
+@torch.no_grad()
+def yolov8_assign(
+    cls_logits: Tensor,
+    dist_logits: Tensor,
+    points: Tensor,
+    point_strides: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_mask: Tensor,
+    *,
+    topk: int = 10,
+    alpha: float = 0.5,
+    beta: float = 6.0,
+    assigner: Callable[..., TaskAlignedResult] = assign_task_aligned,
+) -> TaskAlignedResult:
+    """Steps 1 and 2 of the loss alone: decode the predictions, then assign.
+
+    The task-aligned assigner looks at the predictions (class probabilities and boxes),
+    so who learns what changes as the network learns. Arguments as :func:`yolov8_loss`.
+
+    Returns:
+        the :class:`~detutils.assigners.TaskAlignedResult` that ``yolov8_loss`` makes
+        for the same inputs (pass it as ``assignment=`` to skip that step there).
+    """
+    _check_inputs(cls_logits, dist_logits, points, point_strides)
+    with torch.autocast(cls_logits.device.type, enabled=False):
+        _, pred_boxes = _decode_grid(dist_logits, points, point_strides)
+        return assigner(
+            cls_logits.float().sigmoid(),
+            pred_boxes * point_strides.float()[:, None],
+            points.float(),
+            gt_labels,
+            gt_boxes.float(),
+            gt_mask,
+            topk=topk,
+            alpha=alpha,
+            beta=beta,
+        )
+
+
 def yolov8_loss(
     cls_logits: Tensor,
     dist_logits: Tensor,
@@ -93,6 +143,7 @@ def yolov8_loss(
     alpha: float = 0.5,
     beta: float = 6.0,
     assigner: Callable[..., TaskAlignedResult] = assign_task_aligned,
+    assignment: TaskAlignedResult | None = None,
 ) -> dict[str, Tensor]:
     """The YOLOv8 loss of a batch: the seven steps of the module docstring.
 
@@ -108,6 +159,8 @@ def yolov8_loss(
         box_gain, cls_gain, dfl_gain: the weights of the three terms.
         topk, alpha, beta: of the task-aligned assigner.
         assigner: :func:`~detutils.assigners.assign_task_aligned` or its dense twin.
+        assignment: the result of step 2 made beforehand (:func:`yolov8_assign` on the
+            same outputs and ground truth); ``None`` assigns here.
 
     Returns:
         ``{"box", "cls", "dfl", "loss"}`` scalars, gains applied, ``loss`` their sum (not
@@ -123,24 +176,23 @@ def yolov8_loss(
     with torch.autocast(cls_logits.device.type, enabled=False):
         cls_logits, dist_logits = cls_logits.float(), dist_logits.float()
         strides = point_strides.float()[:, None]  # (A, 1)
-        grid_points = points.float() / strides  # (A, 2) cell centres in grid units
 
         # 1. Decode the predicted boxes, in grid units.
-        distances = record("pred_distances", dfl_distances(dist_logits))  # (B, A, 4)
-        pred_boxes = record("pred_boxes", decode_distance(grid_points, distances))  # (B, A, 4)
+        grid_points, pred_boxes = _decode_grid(dist_logits, points, point_strides)
 
         # 2. Assign, in pixels, on detached predictions.
-        assignment = assigner(
-            cls_logits.detach().sigmoid(),
-            pred_boxes.detach() * strides,
-            points.float(),
-            gt_labels,
-            gt_boxes.float(),
-            gt_mask,
-            topk=topk,
-            alpha=alpha,
-            beta=beta,
-        )
+        if assignment is None:
+            assignment = assigner(
+                cls_logits.detach().sigmoid(),
+                pred_boxes.detach() * strides,
+                points.float(),
+                gt_labels,
+                gt_boxes.float(),
+                gt_mask,
+                topk=topk,
+                alpha=alpha,
+                beta=beta,
+            )
         record("assignment", assignment)
         target_scores, fg_mask = assignment.scores, assignment.fg_mask  # (B, A, C), (B, A)
 

@@ -1,17 +1,23 @@
 """The course's detectors, and the one table that maps command-line names to them.
 
-Every detector is an ``nn.Module`` with the same three calls (see ``DETECTORS``'s
+Every detector is an ``nn.Module`` with the same four calls (see ``DETECTORS``'s
 entries for the configs and size presets)::
 
     outputs = model(images)                     # images (B, 3, H, W)
-    losses = model.loss(outputs, targets)       # dict of scalars, "loss" the total
+    assignment = model.assign(outputs, targets) # who learns what: the detector's
+                                                # AssignResult-like record
+    losses = model.loss(outputs, targets, assignment=None)
+                                                # dict of scalars, "loss" the total;
+                                                # assigns itself when given none
     detections = model.predict(outputs, score_thr=..., iou_thr=..., max_det=...)
                                                 # list of {"boxes", "scores", "labels"},
                                                 # boxes xyxy in input-image pixels
 
 and the attributes ``name`` (its command-line name, stored in checkpoints),
-``num_classes`` and ``config`` (a dataclass whose ``schedules`` field holds the
-``TrainSchedule`` of each schedule name, ``ci``, ``cpu`` and ``gpu``).
+``num_classes`` and ``config`` (a frozen dataclass: the network and its losses; the
+training schedules live in ``detutils.engine.presets``). Heads are modules over a
+feature pyramid, a list of ``(B, C_l, H_l, W_l)`` maps, so that a head written for one
+detector can be attached to another's features.
 """
 
 import importlib

@@ -4,7 +4,8 @@
 
     model = build_nanodet_m(num_classes=80)
     outputs = model(images)                # ([(B, C, H/s, W/s)], [(B, 4 (R + 1), H/s, W/s)])
-    losses = model.loss(outputs, targets)  # {"qfl", "bbox", "dfl", "loss"}
+    assignment = model.assign(outputs, targets)        # ATSS: (B, A) result, gt boxes
+    losses = model.loss(outputs, targets, assignment)  # {"qfl", "bbox", "dfl", "loss"}
     dets = model.predict(outputs)          # [{"boxes", "scores", "labels"} per image]
 
 At 320 x 320 the three levels (strides 8, 16, 32) have 40 x 40, 20 x 20 and 10 x 10
@@ -36,6 +37,7 @@ Reference: NanoDet ``config/nanodet-m.yml``, ``nanodet/model/head/nanodet_head.p
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -48,9 +50,16 @@ from detutils.models.necks import PAN
 from detutils.postprocess import postprocess_detections
 from detutils.priors import anchor_points, grid_cells
 
-__all__ = ["NanoDet", "NanoDetConfig", "NanoDetHead", "build_nanodet_m"]
+__all__ = ["NanoDet", "NanoDetAssignment", "NanoDetConfig", "NanoDetHead", "build_nanodet_m"]
 
 NanoDetOutputs = tuple[list[Tensor], list[Tensor]]  # (class maps, distribution maps)
+
+
+class NanoDetAssignment(NamedTuple):
+    """What ``NanoDet.assign`` returns: the ATSS result and the boxes it indexes."""
+
+    assignment: AssignResult  # (B, A) fields: gt_index, labels, iou
+    gt_boxes: Tensor  # (B, M, 4) xyxy px, the padded ground truth
 
 
 @dataclass(frozen=True)
@@ -255,8 +264,18 @@ class NanoDet(nn.Module):
     @torch.no_grad()
     def assign(
         self, outputs: NanoDetOutputs, targets: list[dict[str, Tensor]]
-    ) -> tuple[AssignResult, Tensor]:
-        """ATSS on the grid cells -> ((B, A) assignment, padded gt boxes (B, M, 4) px)."""
+    ) -> NanoDetAssignment:
+        """ATSS on the grid cells: which cell learns which box.
+
+        Args:
+            outputs: what :meth:`forward` returned (only the map sizes are read: ATSS
+                does not look at the predictions).
+            targets: B dicts ``{"boxes": (M_i, 4) xyxy px, "labels": (M_i,)}``.
+
+        Returns:
+            ``(assignment, gt_boxes)``: the (B, A) :class:`AssignResult` and the padded
+            ground truth (B, M, 4) xyxy px its ``gt_index`` points into.
+        """
         feature_sizes = self._check_outputs(outputs)
         batch_size, device = outputs[0][0].shape[0], outputs[0][0].device
         if len(targets) != batch_size:
@@ -266,21 +285,30 @@ class NanoDet(nn.Module):
         assignment = assign_atss_batched(
             cells, num_per_level, gt_boxes, gt_labels, gt_mask, topk=self.config.topk
         )
-        return assignment, gt_boxes
+        return NanoDetAssignment(assignment, gt_boxes)
 
     # ------------------------------------------------------------ the three calls
-    def loss(self, outputs: NanoDetOutputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    def loss(
+        self,
+        outputs: NanoDetOutputs,
+        targets: list[dict[str, Tensor]],
+        assignment: NanoDetAssignment | None = None,
+    ) -> dict[str, Tensor]:
         """The GFL loss of a batch.
 
         Args:
             outputs: what :meth:`forward` returned.
             targets: B dicts ``{"boxes": (M_i, 4) xyxy px, "labels": (M_i,)}``.
+            assignment: what :meth:`assign` returned for these outputs and targets;
+                ``None`` assigns here.
 
         Returns:
             ``{"qfl", "bbox", "dfl", "loss"}`` scalars, weights applied (see
             :func:`detutils.losses.gfl_loss`).
         """
-        assignment, gt_boxes = self.assign(outputs, targets)
+        if assignment is None:
+            assignment = self.assign(outputs, targets)
+        assignment, gt_boxes = assignment
         cells, _, prior_strides = self.priors(self._check_outputs(outputs), gt_boxes.device)
         cls_logits, dist_logits = self.flatten(outputs)
         config = self.config

@@ -5,7 +5,8 @@
     model = build_yolov3(num_classes=80)
     outputs = model(images)                 # train: [(B, 3, H/s, W/s, 5 + C) per head]
                                             # eval: ((B, N, 5 + C) decoded, raw list)
-    losses = model.loss(outputs, targets)   # {"box", "obj", "cls", "loss"}
+    assignment = model.assign(outputs, targets)         # per head: matched anchors, cells
+    losses = model.loss(outputs, targets, assignment)   # {"box", "obj", "cls", "loss"}
     dets = model.predict(outputs)           # [{"boxes", "scores", "labels"} per image]
 
 The network comes from a Darknet cfg (``detutils/models/cfg``), built by
@@ -45,7 +46,7 @@ import torch
 from torch import Tensor, nn
 
 from detutils.assigners.batch import pad_ground_truth
-from detutils.assigners.yolov3_targets import build_yolov3_targets
+from detutils.assigners.yolov3_targets import YOLOv3Targets, build_yolov3_targets
 from detutils.losses.yolov3 import yolov3_loss
 from detutils.models.darknet import Darknet, YOLOLayer, read_darknet_cfg
 from detutils.postprocess import postprocess_detections
@@ -176,25 +177,28 @@ class YOLOv3(nn.Module):
             return outputs[1]
         return list(outputs)
 
-    def loss(
+    @torch.no_grad()
+    def assign(
         self,
         outputs: list[Tensor] | tuple[Tensor, list[Tensor]],
         targets: list[dict[str, Tensor]],
-    ) -> dict[str, Tensor]:
-        """The YOLOv3 loss of a batch.
+    ) -> list[YOLOv3Targets]:
+        """Which layer, anchor and cell learns each box (wh-IoU > ``iou_t`` matching).
 
         Args:
-            outputs: what :meth:`forward` returned, in either mode.
+            outputs: what :meth:`forward` returned, in either mode (only the map sizes
+                are read: the matching does not look at the predictions).
             targets: B dicts ``{"boxes": (M_i, 4) xyxy px, "labels": (M_i,)}``.
 
         Returns:
-            ``{"box", "obj", "cls", "loss"}`` scalars (see :func:`detutils.losses.yolov3_loss`).
+            one :class:`~detutils.assigners.YOLOv3Targets` per output layer (see
+            :func:`~detutils.assigners.build_yolov3_targets`).
         """
         raw = self._raw(outputs)
         if len(targets) != raw[0].shape[0]:
             raise ValueError(f"got {len(targets)} targets for a batch of {raw[0].shape[0]}")
         gt_boxes, gt_labels, gt_mask = pad_ground_truth(targets, device=raw[0].device)
-        layer_targets = build_yolov3_targets(
+        return build_yolov3_targets(
             gt_boxes,
             gt_labels,
             gt_mask,
@@ -203,9 +207,29 @@ class YOLOv3(nn.Module):
             feature_sizes=[tuple(x.shape[2:4]) for x in raw],
             iou_t=self.config.iou_t,
         )
+
+    def loss(
+        self,
+        outputs: list[Tensor] | tuple[Tensor, list[Tensor]],
+        targets: list[dict[str, Tensor]],
+        assignment: list[YOLOv3Targets] | None = None,
+    ) -> dict[str, Tensor]:
+        """The YOLOv3 loss of a batch.
+
+        Args:
+            outputs: what :meth:`forward` returned, in either mode.
+            targets: B dicts ``{"boxes": (M_i, 4) xyxy px, "labels": (M_i,)}``.
+            assignment: what :meth:`assign` returned for these outputs and targets;
+                ``None`` assigns here.
+
+        Returns:
+            ``{"box", "obj", "cls", "loss"}`` scalars (see :func:`detutils.losses.yolov3_loss`).
+        """
+        if assignment is None:
+            assignment = self.assign(outputs, targets)
         return yolov3_loss(
-            raw,
-            layer_targets,
+            self._raw(outputs),
+            assignment,
             giou_gain=self.config.giou_gain,
             obj_gain=self.config.obj_gain,
             cls_gain=self.config.cls_gain,

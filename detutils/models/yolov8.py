@@ -5,7 +5,8 @@
     model = build_yolov8n(num_classes=80)
     outputs = model(images)                 # train: [(B, 4 reg_max + C, H/s, W/s) per level]
                                             # eval: ((B, 4 + C, A) decoded, raw list)
-    losses = model.loss(outputs, targets)   # {"box", "cls", "dfl", "loss"}
+    assignment = model.assign(outputs, targets)         # task-aligned, (B, A) fields
+    losses = model.loss(outputs, targets, assignment)   # {"box", "cls", "dfl", "loss"}
     dets = model.predict(outputs)           # [{"boxes", "scores", "labels"} per image]
 
 At 640 x 640 the three levels (strides 8, 16, 32) have 80 x 80, 40 x 40 and 20 x 20
@@ -47,8 +48,9 @@ import torch
 from torch import Tensor, nn
 
 from detutils.assigners.batch import pad_ground_truth
+from detutils.assigners.tal import TaskAlignedResult
 from detutils.coders import decode_distance, dfl_distances
-from detutils.losses.yolov8 import yolov8_loss
+from detutils.losses.yolov8 import yolov8_assign, yolov8_loss
 from detutils.models.yolov8_blocks import (
     ConvBNSiLU,
     YOLOv8Backbone,
@@ -250,36 +252,64 @@ class YOLOv8(nn.Module):
         return decode_distance(points, distances), cls_logits.float().sigmoid()
 
     # ------------------------------------------------------------ the three calls
-    def loss(self, outputs: YOLOv8Outputs, targets: list[dict[str, Tensor]]) -> dict[str, Tensor]:
-        """The YOLOv8 loss of a batch.
+    def _loss_inputs(
+        self, outputs: YOLOv8Outputs, targets: list[dict[str, Tensor]]
+    ) -> tuple[Tensor, ...]:
+        """Flattened outputs and padded ground truth, as the loss functions take them."""
+        dist_logits, cls_logits, points, point_strides = self.flatten(outputs)
+        if len(targets) != cls_logits.shape[0]:
+            raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]}")
+        gt_boxes, gt_labels, gt_mask = pad_ground_truth(targets, device=cls_logits.device)
+        return cls_logits, dist_logits, points, point_strides, gt_boxes, gt_labels, gt_mask
+
+    @torch.no_grad()
+    def assign(self, outputs: YOLOv8Outputs, targets: list[dict[str, Tensor]]) -> TaskAlignedResult:
+        """The task-aligned assignment of a batch, from the current predictions.
 
         Args:
             outputs: what :meth:`forward` returned, in either mode.
             targets: B dicts ``{"boxes": (M_i, 4) xyxy px, "labels": (M_i,)}``.
 
         Returns:
+            a (B, A) :class:`~detutils.assigners.TaskAlignedResult` (labels, target boxes,
+            soft target scores, foreground mask, gt index per anchor point).
+        """
+        config = self.config
+        return yolov8_assign(
+            *self._loss_inputs(outputs, targets),
+            topk=config.topk,
+            alpha=config.alpha,
+            beta=config.beta,
+        )
+
+    def loss(
+        self,
+        outputs: YOLOv8Outputs,
+        targets: list[dict[str, Tensor]],
+        assignment: TaskAlignedResult | None = None,
+    ) -> dict[str, Tensor]:
+        """The YOLOv8 loss of a batch.
+
+        Args:
+            outputs: what :meth:`forward` returned, in either mode.
+            targets: B dicts ``{"boxes": (M_i, 4) xyxy px, "labels": (M_i,)}``.
+            assignment: what :meth:`assign` returned for these outputs and targets;
+                ``None`` assigns here.
+
+        Returns:
             ``{"box", "cls", "dfl", "loss"}`` scalars: ultralytics' ``loss_items`` and
             their sum (see :mod:`detutils.losses.yolov8` for the batch-size factor).
         """
-        dist_logits, cls_logits, points, point_strides = self.flatten(outputs)
-        if len(targets) != cls_logits.shape[0]:
-            raise ValueError(f"got {len(targets)} targets for a batch of {cls_logits.shape[0]}")
-        gt_boxes, gt_labels, gt_mask = pad_ground_truth(targets, device=cls_logits.device)
         config = self.config
         return yolov8_loss(
-            cls_logits,
-            dist_logits,
-            points,
-            point_strides,
-            gt_boxes,
-            gt_labels,
-            gt_mask,
+            *self._loss_inputs(outputs, targets),
             box_gain=config.box_gain,
             cls_gain=config.cls_gain,
             dfl_gain=config.dfl_gain,
             topk=config.topk,
             alpha=config.alpha,
             beta=config.beta,
+            assignment=assignment,
         )
 
     @torch.no_grad()
