@@ -42,6 +42,7 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "invalid_boxes",
     "IOU_KINDS",
     "box_area",
     "box_iou",
@@ -144,6 +145,18 @@ def cxcywh_norm_to_xyxy(boxes_cxcywh_norm: Tensor, image_size: tuple[int, int]) 
     """
     boxes_cxcywh_norm = _check_boxes(boxes_cxcywh_norm, "boxes_cxcywh_norm")
     return cxcywh_to_xyxy(boxes_cxcywh_norm * _image_scale(image_size, boxes_cxcywh_norm))
+
+
+def invalid_boxes(boxes: Tensor) -> Tensor:
+    """(..., 4) xyxy -> (...) bool: True where a box is not a valid xyxy box.
+
+    Valid means four finite coordinates with x2 >= x1 and y2 >= y1 (a zero-area box is
+    valid). A box in xywh or cxcywh by mistake is usually caught: its "x2" (a width) is
+    smaller than its x1 wherever the box is narrower than its distance to the left edge.
+    """
+    finite = torch.isfinite(boxes).all(dim=-1)
+    ordered = (boxes[..., 2] >= boxes[..., 0]) & (boxes[..., 3] >= boxes[..., 1])
+    return ~(finite & ordered)
 
 
 def box_area(boxes: Tensor) -> Tensor:

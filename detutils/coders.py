@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "YOLO_MAX_SCALE",
     "decode_delta_xywh",
     "decode_distance",
     "decode_yolo",
@@ -28,6 +29,8 @@ __all__ = [
     "encode_delta_xywh",
     "encode_distance",
 ]
+
+YOLO_MAX_SCALE = 1e3  # the largest exp(t_wh) of a YOLO box, in anchor sizes (as the loss)
 
 
 def _check_tensor(tensor: Tensor, name: str) -> None:
@@ -216,8 +219,9 @@ def decode_delta_xywh(
 def decode_yolo(raw: Tensor, grid_xy: Tensor, anchor_wh: Tensor, stride: float) -> Tensor:
     """YOLOv3 boxes from raw head outputs: sigmoid offset in the cell, exp scale of the anchor.
 
-    centre = (sigmoid(t_xy) + grid_xy) * stride, size = exp(t_wh) * anchor_wh. The
-    reference returns the centre and size (cxcywh); here they are turned into xyxy.
+    centre = (sigmoid(t_xy) + grid_xy) * stride, size = min(exp(t_wh), 1000) * anchor_wh
+    (the clamp of the loss, ``YOLO_MAX_SCALE``). The reference returns the centre and
+    size (cxcywh); here they are turned into xyxy.
 
     Args:
         raw: (..., 4 + X) with t_x, t_y, t_w, t_h first; the other X channels (objectness,
@@ -241,7 +245,9 @@ def decode_yolo(raw: Tensor, grid_xy: Tensor, anchor_wh: Tensor, stride: float) 
     if stride <= 0:
         raise ValueError(f"stride must be positive, got {stride}")
     center = (raw[..., :2].sigmoid() + grid_xy) * stride
-    size = raw[..., 2:4].exp() * anchor_wh
+    # exp clamped at 1000 x the anchor, as the loss does: an untrained or diverging
+    # head would otherwise give infinite boxes (exp(89) overflows float32).
+    size = raw[..., 2:4].exp().clamp(max=YOLO_MAX_SCALE) * anchor_wh
     return torch.cat([center - size / 2, center + size / 2], dim=-1)
 
 

@@ -44,7 +44,9 @@ def select_detections(
 
     Returns:
         ``{"boxes": (N, 4) xyxy px, "scores": (N,), "labels": (N,) int64}``, sorted by
-        decreasing score, ``N <= max_det``.
+        decreasing score, ``N <= max_det``. Boxes with a NaN or infinite coordinate are
+        dropped before NMS (torchvision's class offsets would turn them, and with them
+        every box of their class, into NaN).
 
     Reference:
         torchvision ``ops.batched_nms`` (class-aware NMS by per-class offsets);
@@ -71,6 +73,13 @@ def select_detections(
         prior_index = torch.nonzero(best_scores > score_thr, as_tuple=True)[0]  # (N,)
         candidate_scores, labels = best_scores[prior_index], best_labels[prior_index]
     candidate_boxes = boxes[prior_index] if boxes.dim() == 2 else boxes[prior_index, labels]
+    # a non-finite box would make batched_nms's class offset NaN and spoil its whole class
+    finite = torch.isfinite(candidate_boxes).all(dim=1) & torch.isfinite(candidate_scores)
+    candidate_boxes, candidate_scores, labels = (
+        candidate_boxes[finite],
+        candidate_scores[finite],
+        labels[finite],
+    )
     # 2. bound the work of NMS
     if candidate_scores.numel() > max_candidates:
         candidate_scores, top = candidate_scores.topk(max_candidates)

@@ -245,8 +245,10 @@ def test_bad_inputs_name_the_culprit():
         assign_atss(MMDET_PRIORS, [4], MMDET_BOXES, torch.tensor([1]))
     with pytest.raises(ValueError, match="integer"):
         assign_atss(MMDET_PRIORS, [4], MMDET_BOXES, torch.tensor([1.0, 2.0]))
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=r"gt_boxes\[0\] = \[0.0, 0.0, nan, 1.0\] is not an xyxy"):
         assign_atss(MMDET_PRIORS, [4], torch.tensor([[0, 0, float("nan"), 1]]), labels[:1])
+    with pytest.raises(ValueError, match=r"gt_boxes\[1\] = \[5.0, 5.0, 2.0, 9.0\]"):
+        assign_atss(MMDET_PRIORS, [4], torch.tensor([[0, 0, 2, 1], [5, 5, 2, 9.0]]), labels)
     with pytest.raises(ValueError, match="gt_boxes"):
         assign_atss_batched(MMDET_PRIORS, [4], MMDET_BOXES, labels, torch.ones(2))
     with pytest.raises(ValueError, match="gt_mask"):

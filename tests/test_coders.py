@@ -241,3 +241,12 @@ def test_bad_arguments_name_the_culprit():
         dfl_integral(torch.zeros(3, 1))
     with pytest.raises(ValueError, match="pred_dist"):
         dfl_distances(torch.zeros(3, 17))
+
+
+def test_decode_yolo_clamps_the_scale_as_the_loss_does():
+    # exp(100) overflows float32; clamped at 1000 anchors, the box stays finite.
+    raw = torch.tensor([[0.0, 0.0, 100.0, 0.0]])
+    boxes = decode_yolo(raw, torch.zeros(1, 2), torch.tensor([[10.0, 10.0]]), stride=8)
+    assert torch.isfinite(boxes).all()
+    # centre (0.5 * 8, 0.5 * 8) = (4, 4); width 1000 * 10, height exp(0) * 10 = 10
+    torch.testing.assert_close(boxes, torch.tensor([[4.0 - 5000, -1.0, 4.0 + 5000, 9.0]]))

@@ -317,3 +317,21 @@ def test_class_agnostic_evaluation_scores_boxes_only(tmp_path):
     assert boxes_only.num_detections == 2  # each box once, with its best score
     assert list(boxes_only.per_class.index) == ["object"]
     assert dataset.coco.dataset["annotations"][1]["category_id"] == 2  # left as it was
+
+
+def test_evaluate_runs_the_network_without_autograd(wide_set):
+    from tiny_detector import build
+
+    model = build(num_classes=1)
+    seen = []
+    forward = model.forward
+
+    def recording_forward(images):
+        outputs = forward(images)
+        seen.append((torch.is_inference_mode_enabled(), outputs.requires_grad))
+        return outputs
+
+    model.forward = recording_forward
+    evaluate(model, DataLoader(wide_set, batch_size=2, collate_fn=collate))
+    assert seen and all(mode and not grad for mode, grad in seen)  # no graph per batch
+    assert torch.is_grad_enabled()  # and autograd is back afterwards

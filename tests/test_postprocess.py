@@ -95,3 +95,15 @@ def test_batched_equals_a_loop_over_classes():
         assert torch.equal(result["labels"], expected[2])
         single = select_detections(boxes[image], scores[image], 0.3, 0.5, 50)
         assert all(torch.equal(single[key], result[key]) for key in result)
+
+
+def test_non_finite_boxes_are_dropped_before_nms():
+    # An infinite box would make batched_nms's class offset NaN and with it every box
+    # of its class; here it is dropped and the two good boxes of class 0 are kept.
+    boxes = torch.tensor(
+        [[0.0, 0, 10, 10], [0, 0, float("inf"), 10], [50, 50, 60, 60], [float("nan"), 0, 1, 1]]
+    )
+    scores = torch.tensor([[0.9], [0.95], [0.8], [0.99]])
+    result = select_detections(boxes, scores, score_thr=0.05, iou_thr=0.5)
+    assert result["boxes"].tolist() == [[0.0, 0, 10, 10], [50, 50, 60, 60]]
+    assert result["scores"].tolist() == pytest.approx([0.9, 0.8])

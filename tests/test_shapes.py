@@ -9,6 +9,7 @@ from detutils.data import shapes
 from detutils.data.shapes import (
     CLASS_NAMES,
     MIN_VISIBLE,
+    course_root,
     ensure_shapes,
     generate_shapes,
     render_sample,
@@ -192,11 +193,31 @@ def test_ensure_shapes_refuses_a_foreign_folder(tmp_path):
 
 def test_resolve_root_finds_the_course_data_folder(tmp_path, monkeypatch):
     # Notebooks run in <course>/notebooks, which has no data/ of its own.
-    (tmp_path / "data").mkdir()
-    (tmp_path / "notebooks").mkdir()
-    monkeypatch.chdir(tmp_path / "notebooks")
-    assert resolve_root("data/shapes") == tmp_path / "data" / "shapes"
+    course = tmp_path / "course"
+    (course / "notebooks").mkdir(parents=True)
+    (course / "pyproject.toml").write_text('[project]\nname = "detutils"\n')
+    monkeypatch.chdir(course / "notebooks")
+    assert course_root() == course
+    assert resolve_root("data/shapes") == course / "data" / "shapes"
     assert resolve_root(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+
+
+def test_resolve_root_never_climbs_above_the_course(tmp_path, monkeypatch):
+    # A data/ folder above the course (say /data) is not the course's: it was once
+    # taken, and the shapes set written there.
+    (tmp_path / "data").mkdir()
+    course = tmp_path / "course"
+    course.mkdir()
+    (course / "pyproject.toml").write_text('[project]\nname = "detutils"\n')
+    monkeypatch.chdir(course)
+    assert resolve_root("data/shapes") == course / "data" / "shapes"
+    # Outside any course checkout: the current folder, not a data/ above it.
+    elsewhere = tmp_path / "somewhere" / "deep"
+    elsewhere.mkdir(parents=True)
+    (tmp_path / "somewhere" / "pyproject.toml").write_text('[project]\nname = "other"\n')
+    monkeypatch.chdir(elsewhere)
+    assert course_root() is None
+    assert resolve_root("data/shapes") == elsewhere / "data" / "shapes"
 
 
 @pytest.mark.parametrize(

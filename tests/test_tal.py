@@ -348,3 +348,25 @@ def test_bad_inputs_name_the_culprit():
         assign_task_aligned(*args, topk=0)
     with pytest.raises(ValueError, match="chunk_size"):
         assign_task_aligned(*args, chunk_size=0)
+
+
+def test_non_finite_inputs_and_bad_boxes_are_errors():
+    # One image, 4 anchors, 2 classes, one box.
+    points = torch.tensor([[4.0, 4.0], [12.0, 4.0], [4.0, 12.0], [12.0, 12.0]])
+    pred_boxes = torch.tensor([[[0.0, 0, 8, 8], [8, 0, 16, 8], [0, 8, 8, 16], [8, 8, 16, 16]]])
+    scores = torch.full((1, 4, 2), 0.5)
+    labels, mask = torch.tensor([[1]]), torch.tensor([[True]])
+    box = torch.tensor([[[0.0, 0, 16, 16]]])
+    assign_task_aligned(scores, pred_boxes, points, labels, box, mask)  # fine
+    nan_scores = scores.clone()
+    nan_scores[0, 2, 1] = float("nan")
+    with pytest.raises(ValueError, match="pred_scores and pred_boxes must be finite"):
+        assign_task_aligned(nan_scores, pred_boxes, points, labels, box, mask)
+    xywh = torch.tensor([[[6.0, 6.0, 4.0, 4.0]]])  # x, y, w, h: "x2" 4 < x1 6
+    with pytest.raises(ValueError, match=r"gt_boxes\[0, 0\] = \[6.0, 6.0, 4.0, 4.0\] is not"):
+        assign_task_aligned(scores, pred_boxes, points, labels, xywh, mask)
+    infinite = torch.tensor([[[0.0, 0, float("inf"), 16]]])
+    with pytest.raises(ValueError, match=r"gt_boxes\[0, 0\]"):
+        assign_task_aligned(scores, pred_boxes, points, labels, infinite, mask)
+    # A padded (masked-out) entry is not checked: padding is zeros or anything.
+    assign_task_aligned(scores, pred_boxes, points, labels, infinite, torch.tensor([[False]]))

@@ -20,7 +20,7 @@ from detutils.distributed import (
 )
 from detutils.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from detutils.engine.loader import build_train_loader, set_loader_epoch
-from detutils.engine.log import CsvLog, plot_training_log, read_training_log
+from detutils.engine.log import CsvLog, ProgressLines, plot_training_log, read_training_log
 from detutils.engine.schedule import lr_factor
 from detutils.engine.trainer import (
     NonFiniteLossError,
@@ -347,3 +347,55 @@ def test_csv_log_rewrites_repeated_epochs(tmp_path):
     assert not (tmp_path / "off.csv").exists()
     with pytest.raises(FileNotFoundError, match="no train_log.csv"):
         read_training_log(tmp_path / "nowhere")
+
+
+def test_train_restores_the_thread_count(shapes, tmp_path):
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        run(shapes, None, threads=1, iterations=1)  # the ci schedule uses one thread
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_resuming_with_another_world_size_says_the_random_states_are_new(shapes, tmp_path):
+    run(shapes, tmp_path, iterations=2)
+    state = load_checkpoint(tmp_path / "last.pt")
+    state["rng"] = state["rng"] * 2  # as if two processes had written it
+    save_checkpoint(state, tmp_path / "two.pt")
+    model = build(num_classes=shapes[0].num_classes)
+    schedule = model.config.schedules["ci"].replace(iterations=4)
+    with pytest.warns(UserWarning, match=r"resuming 2 process\(es\) as 1: the random states"):
+        train(model, shapes[0], schedule, resume=tmp_path / "two.pt", progress=False)
+
+
+def test_progress_lines_every_interval_with_the_time_left():
+    class Clock:
+        now = 100.0
+
+        def __call__(self):
+            return self.now
+
+    clock, printed = Clock(), []
+
+    class Stream:
+        def write(self, text):
+            printed.append(text)
+
+        def flush(self):
+            pass
+
+    lines = ProgressLines(total=10, enabled=True, every_seconds=60, stream=Stream(), clock=clock)
+    assert lines.update(1, {"loss": 3.0}) is None  # the pace counts from the first step
+    clock.now += 30
+    assert lines.update(2, {"loss": 2.5}) is None  # 30 s: not yet due
+    clock.now += 30  # 60 s for the 2 steps after the first: 30 s a step, 7 steps left
+    line = lines.update(3, {"loss": 2.0, "box": 1.25, "cls": 0.75})
+    assert line == "iteration 3/10  loss 2 (box 1.25, cls 0.75)  3.5 min left"
+    assert printed[0] == line
+    deadline = ProgressLines(10, True, 60, deadline=clock.now + 90, stream=Stream(), clock=clock)
+    deadline.update(1, {"loss": 1.0})
+    clock.now += 60
+    assert deadline.update(2, {"loss": 1.0}).endswith("0.5 min left")  # the budget ends first
+    assert ProgressLines(10, False).update(5, {"loss": 1.0}) is None

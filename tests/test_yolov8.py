@@ -176,3 +176,13 @@ def test_factories_copy_their_preset():
     with pytest.raises(TypeError):
         YOLOV8_PRESETS["yolov8x"] = YOLOV8_PRESETS["yolov8n"]  # nor the table
     assert YOLOV8_PRESETS["yolov8n"].topk == 10 and YOLOV8_PRESETS["yolov8n"].num_classes == 80
+
+
+def test_boxes_in_xywh_by_mistake_are_named():
+    # COCO's xywh boxes fed as xyxy: [40, 30, 20, 10] has x2 = 20 < x1 = 40.
+    model = build_yolov8n(num_classes=3)
+    outputs = model(torch.rand(2, 3, 64, 64))
+    good = {"boxes": torch.tensor([[4.0, 4.0, 30.0, 30.0]]), "labels": torch.tensor([0])}
+    xywh = {"boxes": torch.tensor([[40.0, 30.0, 20.0, 10.0]]), "labels": torch.tensor([1])}
+    with pytest.raises(ValueError, match=r"^targets\[1\]: box 0 = \[40.0, 30.0, 20.0, 10.0\]"):
+        model.loss(outputs, [good, xywh])

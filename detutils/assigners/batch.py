@@ -3,7 +3,32 @@
 import torch
 from torch import Tensor
 
-__all__ = ["pad_ground_truth"]
+from detutils.boxes import invalid_boxes
+
+__all__ = ["check_ground_truth", "pad_ground_truth"]
+
+
+def check_ground_truth(image: int | str, boxes: Tensor, labels: Tensor) -> None:
+    """Raise a ``ValueError`` naming the first bad box or label of one image.
+
+    Args:
+        image: how the message names the image (its index in the batch, or a file).
+        boxes: (M, 4) xyxy, pixels.
+        labels: (M,) class ids.
+    """
+    bad = invalid_boxes(boxes)  # (M,)
+    if bad.any():
+        box = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"targets[{image}]: box {box} = {boxes[box].tolist()} is not an xyxy box in "
+            "pixels (finite, x2 >= x1, y2 >= y1); convert xywh or cxcywh boxes first"
+        )
+    negative = labels < 0
+    if negative.any():
+        box = int(negative.nonzero()[0, 0])
+        raise ValueError(
+            f"targets[{image}]: box {box} has label {int(labels[box])}; class ids run 0 .. C-1"
+        )
 
 
 def pad_ground_truth(
@@ -23,7 +48,14 @@ def pad_ground_truth(
         largest M_i (0 when no image has a box); padded entries are zeros and False.
 
     Raises:
-        ValueError: a target without boxes or labels, or with mismatched shapes.
+        ValueError: a target without boxes or labels, with mismatched shapes, with a box
+            that is not a finite xyxy box (x2 >= x1, y2 >= y1), or with a label that is
+            not an integer class id >= 0. The message names the image and the box.
+
+    The values are checked where the ground truth lives on the CPU (the dataset's
+    tensors, a learner's hand-made boxes), where a check costs no device round trip;
+    on a GPU it would stop the pipeline every step, and the ground truth of a training
+    run was checked by the dataset as it was loaded (``detutils.data.coco``).
     """
     for image, target in enumerate(targets):
         if "boxes" not in target or "labels" not in target:
@@ -34,6 +66,12 @@ def pad_ground_truth(
                 f"targets[{image}]: boxes must be (M, 4) and labels (M,), got "
                 f"{tuple(boxes.shape)} and {tuple(labels.shape)}"
             )
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(
+                f"targets[{image}]: labels must be integer class ids, got {labels.dtype}"
+            )
+        if boxes.device.type == "cpu" and len(boxes):
+            check_ground_truth(image, boxes, labels)
     if device is None:
         device = targets[0]["boxes"].device if targets else "cpu"
     num_gt = max((len(target["boxes"]) for target in targets), default=0)

@@ -60,7 +60,7 @@ import torch
 from torch import Tensor
 
 from detutils.assigners.result import BACKGROUND
-from detutils.boxes import box_iou_aligned
+from detutils.boxes import box_iou_aligned, invalid_boxes
 
 __all__ = [
     "TaskAlignedResult",
@@ -129,18 +129,32 @@ def _check_inputs(
         raise ValueError(f"gt_mask must be bool, got {gt_mask.dtype}")
     if gt_labels.is_floating_point():
         raise ValueError(f"gt_labels must hold integer class ids, got {gt_labels.dtype}")
+    if topk < 1:
+        raise ValueError(f"topk must be at least 1, got {topk}")
+    if pred_scores.device.type != "cpu":
+        # Checking values would cost a device round trip every step; the ground truth
+        # was checked on its way in (pad_ground_truth, the dataset), and a NaN score
+        # makes the loss NaN, which stops the trainer with the iteration's components.
+        return
     real_labels = gt_labels[gt_mask]
     if real_labels.numel() and (real_labels.min() < 0 or real_labels.max() >= num_classes):
         raise ValueError(
             f"gt_labels must lie in [0, {num_classes}) where gt_mask is True, got values from "
             f"{int(real_labels.min())} to {int(real_labels.max())}"
         )
+    bad = invalid_boxes(gt_boxes) & gt_mask  # (B, M)
+    if bad.any():
+        image, box = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"gt_boxes[{image}, {box}] = {gt_boxes[image, box].tolist()} is not an xyxy box "
+            "in pixels (finite, x2 >= x1, y2 >= y1)"
+        )
+    if not torch.isfinite(pred_scores).all() or not torch.isfinite(pred_boxes).all():
+        raise ValueError("pred_scores and pred_boxes must be finite (a NaN in the network?)")
     if pred_scores.numel() and (pred_scores.min() < 0 or pred_scores.max() > 1):
         raise ValueError(
             "pred_scores must be probabilities in [0, 1] (apply sigmoid to the class logits)"
         )
-    if topk < 1:
-        raise ValueError(f"topk must be at least 1, got {topk}")
 
 
 def alignment_power(values: Tensor, exponent: float) -> Tensor:
@@ -248,7 +262,9 @@ def assign_task_aligned_dense(
         a :class:`TaskAlignedResult`.
 
     Raises:
-        ValueError: shapes disagree, labels out of range, scores outside [0, 1].
+        ValueError: shapes disagree; on the CPU also labels out of range, a ground-truth
+            box that is not a finite xyxy box, non-finite predictions, scores outside
+            [0, 1] (on a GPU the values are not read back: see ``pad_ground_truth``).
 
     Reference: ultralytics ``TaskAlignedAssigner.forward`` (``get_pos_mask``,
         ``select_highest_overlaps``, ``get_targets``).

@@ -17,6 +17,8 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from detutils.boxes import invalid_boxes
+
 __all__ = ["YOLOv3Targets", "build_yolov3_targets", "wh_iou"]
 
 
@@ -75,11 +77,11 @@ def _check_ground_truth(gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) ->
         )
     if gt_mask.dtype != torch.bool:
         raise ValueError(f"gt_mask must be bool, got {gt_mask.dtype}")
-    valid_boxes = gt_boxes[gt_mask]  # (K, 4)
-    bad = ~torch.isfinite(valid_boxes).all(dim=-1)
-    bad |= (valid_boxes[:, 2] < valid_boxes[:, 0]) | (valid_boxes[:, 3] < valid_boxes[:, 1])
+    if gt_boxes.device.type != "cpu":  # on a GPU a check would cost a round trip a step
+        return
+    bad = invalid_boxes(gt_boxes) & gt_mask  # (B, M)
     if bad.any():
-        image, box = gt_mask.nonzero()[bad.nonzero()[0, 0]].tolist()
+        image, box = bad.nonzero()[0].tolist()
         raise ValueError(
             f"gt_boxes[{image}, {box}] = {gt_boxes[image, box].tolist()} is not a valid xyxy "
             "box (x2 >= x1, y2 >= y1, finite)"

@@ -49,6 +49,7 @@ __all__ = [
     "render_sample",
     "generate_shapes",
     "ensure_shapes",
+    "course_root",
     "resolve_root",
     "main",
 ]
@@ -459,22 +460,31 @@ def generate_shapes(
     return out
 
 
-def resolve_root(root: str | Path) -> Path:
-    """An absolute data root; a relative one is looked up from the current folder upwards.
+def course_root(start: str | Path | None = None) -> Path | None:
+    """The course's folder: the nearest folder at or above ``start`` (default: the
+    current folder) whose ``pyproject.toml`` names the ``detutils`` project; None if
+    there is none (the package installed elsewhere, run from an unrelated folder)."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        project = folder / "pyproject.toml"
+        if project.is_file() and 'name = "detutils"' in project.read_text(errors="replace"):
+            return folder
+    return None
 
-    ``"data/shapes"`` from the course root is ``<course>/data/shapes``; from
-    ``<course>/notebooks`` (where notebooks run) the current folder has no ``data/``,
-    so its parent's is used. Where no folder up the tree has the first part of the
-    path, the path is taken from the current folder.
+
+def resolve_root(root: str | Path) -> Path:
+    """An absolute data root; a relative one is taken from the course's folder.
+
+    ``"data/shapes"`` is ``<course>/data/shapes`` whether the current folder is the
+    course's own or one below it, such as ``<course>/notebooks`` where the notebooks
+    run (``course_root``). Outside a course checkout a relative root is taken from the
+    current folder, never from a folder above it (a ``/data`` of the machine, say).
     """
     root = Path(root).expanduser()
     if root.is_absolute():
         return root
-    here = Path.cwd()
-    for folder in (here, *here.parents):
-        if (folder / root.parts[0]).is_dir():
-            return folder / root
-    return here / root
+    course = course_root()
+    return (course or Path.cwd()) / root
 
 
 def ensure_shapes(

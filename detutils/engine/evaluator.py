@@ -260,25 +260,26 @@ def evaluate(
     model.eval()
     detections, image_ids = [], []
     try:
-        for images, targets in loader:
-            outputs = model(images.to(device, non_blocking=True))
-            predictions = model.predict(
-                outputs, score_thr=score_thr, iou_thr=iou_thr, max_det=max_det
-            )
-            for prediction, target in zip(predictions, targets, strict=True):
-                boxes = prediction["boxes"].detach().float().cpu()
-                boxes = undo_letterbox(boxes, float(target["scale"]), target["pad"].cpu())
-                boxes = clip_boxes(boxes, tuple(int(size) for size in target["orig_size"]))
-                image_id = int(target["image_id"])
-                image_ids.append(image_id)
-                detections.append(
-                    {
-                        "image_id": image_id,
-                        "boxes": boxes,
-                        "scores": prediction["scores"].detach().float().cpu(),
-                        "labels": prediction["labels"].detach().cpu(),
-                    }
+        with torch.inference_mode():  # no graph: a batch costs its forward only
+            for images, targets in loader:
+                outputs = model(images.to(device, non_blocking=True))
+                predictions = model.predict(
+                    outputs, score_thr=score_thr, iou_thr=iou_thr, max_det=max_det
                 )
+                for prediction, target in zip(predictions, targets, strict=True):
+                    boxes = prediction["boxes"].detach().float().cpu()
+                    boxes = undo_letterbox(boxes, float(target["scale"]), target["pad"].cpu())
+                    boxes = clip_boxes(boxes, tuple(int(size) for size in target["orig_size"]))
+                    image_id = int(target["image_id"])
+                    image_ids.append(image_id)
+                    detections.append(
+                        {
+                            "image_id": image_id,
+                            "boxes": boxes,
+                            "scores": prediction["scores"].detach().float().cpu(),
+                            "labels": prediction["labels"].detach().cpu(),
+                        }
+                    )
     finally:
         model.train(was_training)
     # Every rank's detections go to rank 0, which scores them all and shares the result.

@@ -16,10 +16,12 @@ and a checkpoint written atomically by rank 0. ``resume`` restores every state, 
 a killed run continues exactly where its last checkpoint left it.
 """
 
+import contextlib
 import math
 import random
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,7 +49,7 @@ from detutils.engine.checkpoint import (
 from detutils.engine.ema import ModelEMA
 from detutils.engine.evaluator import evaluate
 from detutils.engine.loader import build_eval_loader, build_train_loader, set_loader_epoch
-from detutils.engine.log import EVAL_LOG, TRAIN_LOG, CsvLog, progress_bar
+from detutils.engine.log import EVAL_LOG, TRAIN_LOG, CsvLog, ProgressLines, bar_shows, progress_bar
 from detutils.engine.schedule import TrainSchedule, build_lr_scheduler, build_optimizer
 
 __all__ = [
@@ -153,6 +155,20 @@ def _loss_message(epoch: int, iteration: int, names: list[str], values: torch.Te
     return f"non-finite loss at epoch {epoch}, iteration {iteration}: {components}"
 
 
+@contextlib.contextmanager
+def intra_op_threads(device: torch.device, threads: int) -> Iterator[None]:
+    """On the CPU, run the block with ``threads`` intra-op threads, then restore the count."""
+    if device.type != "cpu":
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def train(
     model: nn.Module,
     train_set: Dataset,
@@ -168,7 +184,8 @@ def train(
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` following ``schedule``.
 
-    On the CPU, torch's intra-op thread count is set to ``schedule.threads``. With
+    On the CPU, torch's intra-op thread count is ``schedule.threads`` during the run,
+    and what it was before afterwards. With
     ``schedule.amp`` the forward pass runs under autocast (see ``autocast_dtype``), and
     the loss in float32. With ``schedule.channels_last`` the weights and every batch
     are laid out channels-last (NHWC) during the run, the layout oneDNN's and cuDNN's
@@ -189,7 +206,8 @@ def train(
         resume: a checkpoint of this model to continue from.
         collate_fn: batches samples; default ``detutils.data.collate``.
         class_names: stored in checkpoints; default ``train_set.class_names``.
-        progress: show a progress bar (only on a terminal, never in CI).
+        progress: show a progress bar on a terminal; elsewhere (CI, a pipe) a line about
+            every minute with the iteration, the loss and the minutes left.
         context: the process's rank and device; default ``init_distributed(device)``.
 
     Returns:
@@ -206,153 +224,164 @@ def train(
     """
     context = context or init_distributed(device)
     device = context.device
-    if device.type == "cpu":
-        torch.set_num_threads(schedule.threads)
-    amp_dtype = autocast_dtype(schedule.amp, device)  # None: float32 throughout
-    out_dir = Path(out_dir) if out_dir is not None else None
-    write = context.is_main and out_dir is not None
-    class_names = list(class_names or getattr(train_set, "class_names", []))
+    with intra_op_threads(device, schedule.threads):  # restored on the way out
+        amp_dtype = autocast_dtype(schedule.amp, device)  # None: float32 throughout
+        out_dir = Path(out_dir) if out_dir is not None else None
+        write = context.is_main and out_dir is not None
+        class_names = list(class_names or getattr(train_set, "class_names", []))
 
-    seed_everything(schedule.seed + context.rank)  # ranks augment differently
-    model.to(device)
-    if schedule.channels_last:  # before the EMA copy and the optimizer see the weights
-        model.to(memory_format=torch.channels_last)
-    ema = ModelEMA(model, schedule.ema_decay, schedule.ema_tau) if schedule.ema else None
-    loader = build_train_loader(
-        train_set, schedule.batch_size, context, schedule.workers, schedule.seed, collate_fn
-    )
-    if len(loader) == 0:
-        raise ValueError("the training set is empty: no batch to train on")
-    optimizer = build_optimizer(model, schedule)
-    spent = [0.0]  # fraction of the time budget spent, the same on every rank (lr_by_time)
-    lr_scheduler = build_lr_scheduler(optimizer, schedule, len(loader), lambda: spent[0])
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    start_epoch, iteration, metrics = 0, 0, {}
-    if resume is not None:
-        state = load_checkpoint(resume, model_name=getattr(model, "name", None))
-        if state["num_classes"] != getattr(model, "num_classes", None):
-            raise CheckpointError(
-                f"checkpoint {resume} has {state['num_classes']} classes, the model "
-                f"{getattr(model, 'num_classes', None)}"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        lr_scheduler.load_state_dict(state["lr_scheduler"])
-        scaler.load_state_dict(state["scaler"])
-        if ema is not None and state["ema"] is not None:
-            ema.load_state_dict(state["ema"])
-        if len(state["rng"]) == context.world_size:  # same ranks: continue their streams
-            restore_rng_state(state["rng"][context.rank])
-        start_epoch, iteration, metrics = state["epoch"], state["iteration"], state["metrics"]
-    network = model
-    if context.distributed:
-        device_ids = [device.index] if device.type == "cuda" else None
-        network = DistributedDataParallel(model, device_ids=device_ids)
-
-    keep = start_epoch + 1 if resume is not None else None
-    train_log = CsvLog(out_dir / TRAIN_LOG if write else "", write, keep_before_epoch=keep)
-    eval_log = CsvLog(out_dir / EVAL_LOG if write else "", write, keep_before_epoch=keep)
-    budget = 60 * schedule.max_minutes if schedule.max_minutes else None
-    deadline = time.monotonic() + budget if budget else None
-    clock_start = None  # lr_by_time: the clock starts at the first loss, after start-up costs
-    out_of_time, epochs_done, checkpoint = False, start_epoch, None
-    # A run of ``schedule.iterations`` steps ends inside its last epoch.
-    total_iterations = schedule.total_iterations(len(loader))
-    num_epochs = math.ceil(total_iterations / len(loader))
-    for epoch in range(start_epoch, num_epochs):
-        set_loader_epoch(loader, epoch, schedule.seed, context.rank)
-        network.train()
-        description = f"epoch {epoch + 1}/{num_epochs}"
-        for images, targets in progress_bar(
-            loader, len(loader), description, progress and context.is_main
-        ):
-            images = images.to(device, non_blocking=True)
-            if schedule.channels_last:
-                images = images.contiguous(memory_format=torch.channels_last)
-            targets = move_targets(targets, device)
-            # 1. forward (mixed precision: the convolutions in float16 / bfloat16), loss
-            if amp_dtype is not None:
-                with torch.autocast(device.type, dtype=amp_dtype):
-                    outputs = network(images)
-                outputs = to_float32(outputs)  # boxes, IoUs and logs need float32
+        seed_everything(schedule.seed + context.rank)  # ranks augment differently
+        model.to(device)
+        if schedule.channels_last:  # before the EMA copy and the optimizer see the weights
+            model.to(memory_format=torch.channels_last)
+        ema = ModelEMA(model, schedule.ema_decay, schedule.ema_tau) if schedule.ema else None
+        loader = build_train_loader(
+            train_set, schedule.batch_size, context, schedule.workers, schedule.seed, collate_fn
+        )
+        if len(loader) == 0:
+            raise ValueError("the training set is empty: no batch to train on")
+        optimizer = build_optimizer(model, schedule)
+        spent = [0.0]  # fraction of the time budget spent, the same on every rank (lr_by_time)
+        lr_scheduler = build_lr_scheduler(optimizer, schedule, len(loader), lambda: spent[0])
+        scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        start_epoch, iteration, metrics = 0, 0, {}
+        if resume is not None:
+            state = load_checkpoint(resume, model_name=getattr(model, "name", None))
+            if state["num_classes"] != getattr(model, "num_classes", None):
+                raise CheckpointError(
+                    f"checkpoint {resume} has {state['num_classes']} classes, the model "
+                    f"{getattr(model, 'num_classes', None)}"
+                )
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            lr_scheduler.load_state_dict(state["lr_scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            if ema is not None and state["ema"] is not None:
+                ema.load_state_dict(state["ema"])
+            if len(state["rng"]) == context.world_size:  # same ranks: continue their streams
+                restore_rng_state(state["rng"][context.rank])
             else:
-                outputs = network(images)
-            losses = model.loss(outputs, targets)
-            # 2. averaged over the ranks; the clock rides along so all ranks stop together
-            names = ["loss"] + sorted(name for name in losses if name != "loss")
-            now = time.monotonic()
-            late = float(deadline is not None and now > deadline)
-            clock_start = now if clock_start is None else clock_start
-            span = max(deadline - clock_start, 1e-6) if deadline else None
-            fraction = (now - clock_start) / span if span else 0.0
-            values = torch.stack([losses[name].detach().float() for name in names])
-            reduced = all_reduce_mean(torch.cat([values, values.new_tensor([late, fraction])]))
-            values, out_of_time = reduced[:-2].cpu(), bool(reduced[-2] > 0)
-            spent[0] = float(reduced[-1])
-            if not torch.isfinite(values).all():
-                raise NonFiniteLossError(_loss_message(epoch + 1, iteration + 1, names, values))
-            # 3. backward, unscale, clip, step
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses["loss"]).backward()
-            if schedule.grad_clip > 0:
-                scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), schedule.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            # 4. schedule and EMA
-            learning_rate = optimizer.param_groups[0]["lr"]
-            lr_scheduler.step()
-            if ema is not None:
-                ema.update(model)
-            iteration += 1
-            row = {"epoch": epoch + 1, "iteration": iteration, "lr": learning_rate}
-            train_log.write(row | dict(zip(names, values.tolist(), strict=True)))
-            if out_of_time or iteration == total_iterations:
+                warnings.warn(
+                    f"resuming {len(state['rng'])} process(es) as {context.world_size}: the "
+                    "random states are not restored (augmentation and sampling take new "
+                    "streams), so the run will not repeat an uninterrupted one exactly",
+                    stacklevel=2,
+                )
+            start_epoch, iteration, metrics = state["epoch"], state["iteration"], state["metrics"]
+        network = model
+        if context.distributed:
+            device_ids = [device.index] if device.type == "cuda" else None
+            network = DistributedDataParallel(model, device_ids=device_ids)
+
+        keep = start_epoch + 1 if resume is not None else None
+        train_log = CsvLog(out_dir / TRAIN_LOG if write else "", write, keep_before_epoch=keep)
+        eval_log = CsvLog(out_dir / EVAL_LOG if write else "", write, keep_before_epoch=keep)
+        budget = 60 * schedule.max_minutes if schedule.max_minutes else None
+        deadline = time.monotonic() + budget if budget else None
+        clock_start = None  # lr_by_time: the clock starts at the first loss, after start-up costs
+        out_of_time, epochs_done, checkpoint = False, start_epoch, None
+        # A run of ``schedule.iterations`` steps ends inside its last epoch.
+        total_iterations = schedule.total_iterations(len(loader))
+        num_epochs = math.ceil(total_iterations / len(loader))
+        lines = ProgressLines(
+            total_iterations, progress and context.is_main and not bar_shows(), deadline=deadline
+        )
+        for epoch in range(start_epoch, num_epochs):
+            set_loader_epoch(loader, epoch, schedule.seed, context.rank)
+            network.train()
+            description = f"epoch {epoch + 1}/{num_epochs}"
+            for images, targets in progress_bar(
+                loader, len(loader), description, progress and context.is_main
+            ):
+                images = images.to(device, non_blocking=True)
+                if schedule.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                targets = move_targets(targets, device)
+                # 1. forward (mixed precision: the convolutions in float16 / bfloat16), loss
+                if amp_dtype is not None:
+                    with torch.autocast(device.type, dtype=amp_dtype):
+                        outputs = network(images)
+                    outputs = to_float32(outputs)  # boxes, IoUs and logs need float32
+                else:
+                    outputs = network(images)
+                losses = model.loss(outputs, targets)
+                # 2. averaged over the ranks; the clock rides along so all ranks stop together
+                names = ["loss"] + sorted(name for name in losses if name != "loss")
+                now = time.monotonic()
+                late = float(deadline is not None and now > deadline)
+                clock_start = now if clock_start is None else clock_start
+                span = max(deadline - clock_start, 1e-6) if deadline else None
+                fraction = (now - clock_start) / span if span else 0.0
+                values = torch.stack([losses[name].detach().float() for name in names])
+                reduced = all_reduce_mean(torch.cat([values, values.new_tensor([late, fraction])]))
+                values, out_of_time = reduced[:-2].cpu(), bool(reduced[-2] > 0)
+                spent[0] = float(reduced[-1])
+                if not torch.isfinite(values).all():
+                    raise NonFiniteLossError(_loss_message(epoch + 1, iteration + 1, names, values))
+                # 3. backward, unscale, clip, step
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(losses["loss"]).backward()
+                if schedule.grad_clip > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), schedule.grad_clip)
+                scaler.step(optimizer)
+                scaler.update()
+                # 4. schedule and EMA
+                learning_rate = optimizer.param_groups[0]["lr"]
+                lr_scheduler.step()
+                if ema is not None:
+                    ema.update(model)
+                iteration += 1
+                row = {"epoch": epoch + 1, "iteration": iteration, "lr": learning_rate}
+                logged = dict(zip(names, values.tolist(), strict=True))
+                train_log.write(row | logged)
+                lines.update(iteration, logged)
+                if out_of_time or iteration == total_iterations:
+                    break
+
+            epochs_done = epoch + 1
+            last = epochs_done == num_epochs or out_of_time
+            interval = schedule.eval_interval
+            if val_set is not None and (last or (interval and epochs_done % interval == 0)):
+                eval_model = ema.model if ema is not None else model
+                eval_loader = build_eval_loader(
+                    val_set, schedule.batch_size, context, schedule.workers, collate_fn
+                )
+                metrics = evaluate(eval_model, eval_loader, device).metrics
+                eval_log.write({"epoch": epochs_done, "iteration": iteration} | metrics)
+            rng_states = all_gather_objects(capture_rng_state())
+            if write:
+                state = {
+                    "model_name": getattr(model, "name", type(model).__name__),
+                    "num_classes": getattr(model, "num_classes", None),
+                    "class_names": class_names,
+                    "schedule": schedule.to_dict(),
+                    "epoch": epochs_done,
+                    "iteration": iteration,
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "lr_scheduler": lr_scheduler.state_dict(),
+                    "scaler": scaler.state_dict(),
+                    "ema": ema.state_dict() if ema is not None else None,
+                    "rng": rng_states,
+                    "metrics": metrics,
+                }
+                checkpoint = save_checkpoint(state, out_dir / "last.pt")
+            barrier()
+            if out_of_time:
                 break
 
-        epochs_done = epoch + 1
-        last = epochs_done == num_epochs or out_of_time
-        interval = schedule.eval_interval
-        if val_set is not None and (last or (interval and epochs_done % interval == 0)):
-            eval_model = ema.model if ema is not None else model
-            eval_loader = build_eval_loader(
-                val_set, schedule.batch_size, context, schedule.workers, collate_fn
-            )
-            metrics = evaluate(eval_model, eval_loader, device).metrics
-            eval_log.write({"epoch": epochs_done, "iteration": iteration} | metrics)
-        rng_states = all_gather_objects(capture_rng_state())
-        if write:
-            state = {
-                "model_name": getattr(model, "name", type(model).__name__),
-                "num_classes": getattr(model, "num_classes", None),
-                "class_names": class_names,
-                "schedule": schedule.to_dict(),
-                "epoch": epochs_done,
-                "iteration": iteration,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "lr_scheduler": lr_scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "rng": rng_states,
-                "metrics": metrics,
-            }
-            checkpoint = save_checkpoint(state, out_dir / "last.pt")
-        barrier()
-        if out_of_time:
-            break
-
-    if schedule.channels_last:  # hand back weights in the usual layout
-        model.to(memory_format=torch.contiguous_format)
-        if ema is not None:
-            ema.model.to(memory_format=torch.contiguous_format)
-    model.eval()
-    return TrainResult(
-        model=model,
-        ema_model=ema.model if ema is not None else None,
-        epochs_done=epochs_done,
-        iterations=iteration,
-        metrics=metrics,
-        checkpoint=checkpoint,
-        out_of_time=out_of_time,
-    )
+        if schedule.channels_last:  # hand back weights in the usual layout
+            model.to(memory_format=torch.contiguous_format)
+            if ema is not None:
+                ema.model.to(memory_format=torch.contiguous_format)
+        model.eval()
+        return TrainResult(
+            model=model,
+            ema_model=ema.model if ema is not None else None,
+            epochs_done=epochs_done,
+            iterations=iteration,
+            metrics=metrics,
+            checkpoint=checkpoint,
+            out_of_time=out_of_time,
+        )

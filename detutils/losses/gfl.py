@@ -200,9 +200,10 @@ def _gfl_loss(
     )
 
     weight_sum = all_reduce_mean(weights.sum())
-    if float(weight_sum) <= 0:  # no positive anywhere: NanoDet returns zeros
-        zero = cls_logits.sum() * 0.0 + dist_logits.sum() * 0.0
-        return {"qfl": zero, "bbox": zero.clone(), "dfl": zero.clone(), "loss": zero.clone()}
+    # No positive anywhere: NanoDet returns zeros for all three terms. The test stays a
+    # tensor (no read-back to Python, so no pause of the device every step).
+    any_positive = weight_sum > 0
+    weight_sum = weight_sum.clamp(min=torch.finfo(weight_sum.dtype).tiny)
 
     # 5. GIoU loss over the positives, weighted mean.
     loss_bbox = iou_loss(
@@ -218,10 +219,8 @@ def _gfl_loss(
         weight=weights[:, None].expand(-1, 4).reshape(-1),  # (4 P,)
         avg_factor=4.0 * weight_sum,
     )
-    losses = {
-        "qfl": qfl_weight * loss_qfl,
-        "bbox": bbox_weight * loss_bbox,
-        "dfl": dfl_weight * loss_dfl,
-    }
+    terms = {"qfl": qfl_weight * loss_qfl, "bbox": bbox_weight * loss_bbox}
+    terms["dfl"] = dfl_weight * loss_dfl
+    losses = {name: torch.where(any_positive, term, term * 0.0) for name, term in terms.items()}
     losses["loss"] = losses["qfl"] + losses["bbox"] + losses["dfl"]
     return losses

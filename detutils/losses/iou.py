@@ -11,6 +11,7 @@ default ``-log(IoU)``. As in mmdet, when every weight is zero the loss is an exa
 that keeps the graph.
 """
 
+import torch
 from torch import Tensor
 
 from detutils.boxes import box_iou_aligned
@@ -48,8 +49,10 @@ def iou_loss(
     Reference: mmdet ``mmdet/models/losses/iou_loss.py`` (``GIoULoss``, ``IoULoss``,
         ``DIoULoss``, ``CIoULoss``); torchvision ``ops.generalized_box_iou_loss``.
     """
-    if weight is not None and reduction != "none" and not bool((weight > 0).any()):
-        # mmdet's shortcut: nothing to learn from, an exact zero that keeps the graph
-        return (pred_boxes * weight.reshape(-1, 1)).sum() * 0.0
     loss = 1.0 - box_iou_aligned(pred_boxes, target_boxes, kind=kind, eps=eps)  # (N,)
+    if weight is not None and reduction != "none":
+        # mmdet returns an exact zero when no weight is positive; here every pair of
+        # weight 0 counts exactly 0 (even a degenerate pair whose loss is not finite),
+        # which gives the same values without reading the weights back every step.
+        loss = torch.where(weight.reshape(loss.shape) > 0, loss, loss.new_zeros(()))
     return weight_reduce_loss(loss, weight, reduction, avg_factor)

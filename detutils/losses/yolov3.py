@@ -43,6 +43,7 @@ from torch import Tensor
 
 from detutils.assigners.yolov3_targets import YOLOv3Targets
 from detutils.boxes import box_iou_aligned, cxcywh_to_xyxy
+from detutils.coders import YOLO_MAX_SCALE
 from detutils.trace import record
 
 __all__ = ["last_write_wins", "yolov3_loss"]
@@ -118,7 +119,7 @@ def yolov3_loss(
             pred = raw[target.image, target.anchor, target.gy, target.gx].float()  # (n, 5 + C)
             # Box: prediction and target in grid units, both relative to the cell corner.
             pred_xy = pred[:, :2].sigmoid()  # (n, 2)
-            pred_wh = pred[:, 2:4].exp().clamp(max=1e3) * target.anchor_wh  # (n, 2)
+            pred_wh = pred[:, 2:4].exp().clamp(max=YOLO_MAX_SCALE) * target.anchor_wh  # (n, 2)
             pred_boxes = cxcywh_to_xyxy(torch.cat([pred_xy, pred_wh], dim=-1))  # (n, 4)
             giou = box_iou_aligned(pred_boxes, cxcywh_to_xyxy(target.box), kind="giou")  # (n,)
             record(f"layer{layer}.giou", giou)
