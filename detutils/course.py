@@ -28,6 +28,7 @@ from detutils import current_schedule
 
 __all__ = [
     "setup",
+    "significant",
     "stored_schedule",
     "course_notebooks",
     "refresh_notebook",
@@ -85,6 +86,23 @@ def setup(seed: int = 0, threads: int | None = None, verbose: bool = True) -> di
         print(" ".join(f"{name} {version}" for name, version in versions.items()))
         print(f"device: {device.type}, schedule: {schedule}, torch threads: {threads}")
     return {"device": device, "schedule": schedule, "versions": versions}
+
+
+def significant(table, digits: int = 4):
+    """A copy of a DataFrame whose float columns keep ``digits`` significant digits.
+
+    float32 arithmetic gives other last bits on other CPUs (other kernels sum in another
+    order), so a table printed with every digit pandas shows would differ from machine
+    to machine; three or four significant digits are what float32 carries honestly.
+    Integer, text and other columns are left as they are.
+    """
+
+    def round_column(column):
+        if column.dtype.kind != "f":
+            return column
+        return column.map(lambda value: float(f"{value:.{digits}g}"))
+
+    return table.apply(round_column)
 
 
 def course_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:

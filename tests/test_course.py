@@ -98,3 +98,16 @@ def test_readme_course_map_lists_every_notebook():
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     listed = re.findall(r"^\| \[`(\d\d_[a-z0-9_]+)`\]\(notebooks/", readme, re.M)
     assert listed == [p.stem for p in course_notebooks()]
+
+
+def test_significant_keeps_four_digits_of_float_columns_only():
+    import pandas as pd
+
+    from detutils.course import significant
+
+    table = pd.DataFrame({"id": [1, 2], "name": ["a", "b"], "x": [9.61675e-05, 123.456789]})
+    rounded = significant(table)
+    assert rounded["x"].tolist() == [9.617e-05, 123.5]  # float32's last bits gone
+    assert rounded["id"].tolist() == [1, 2] and rounded["name"].tolist() == ["a", "b"]
+    assert table["x"].tolist() == [9.61675e-05, 123.456789]  # a copy: the table is untouched
+    assert significant(table, digits=2)["x"].tolist() == [9.6e-05, 120.0]
