@@ -399,3 +399,17 @@ def test_progress_lines_every_interval_with_the_time_left():
     clock.now += 60
     assert deadline.update(2, {"loss": 1.0}).endswith("0.5 min left")  # the budget ends first
     assert ProgressLines(10, False).update(5, {"loss": 1.0}) is None
+
+
+def test_on_step_sees_every_step_and_the_evaluated_network(shapes, tmp_path):
+    seen = []
+    train_set, _ = shapes
+    seed_everything(0)
+    model = build(train_set.num_classes)
+    schedule = model.config.schedules["ci"].replace(iterations=3, ema=True)
+    result = train(
+        model, train_set, schedule, progress=False,
+        on_step=lambda step, network: seen.append((step, network)),
+    )  # fmt: skip
+    assert [step for step, _ in seen] == [1, 2, 3]
+    assert all(network is result.ema_model for _, network in seen)  # the EMA, not the model

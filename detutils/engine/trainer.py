@@ -21,7 +21,7 @@ import math
 import random
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,6 +181,7 @@ def train(
     class_names: list[str] | None = None,
     progress: bool = True,
     context: DistributedContext | None = None,
+    on_step: Callable[[int, nn.Module], None] | None = None,
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` following ``schedule``.
 
@@ -209,6 +210,9 @@ def train(
         progress: show a progress bar on a terminal; elsewhere (CI, a pipe) a line about
             every minute with the iteration, the loss and the minutes left.
         context: the process's rank and device; default ``init_distributed(device)``.
+        on_step: called after every optimizer step with the number of steps done and
+            the network that evaluation would use (the EMA when the schedule keeps one),
+            for example to keep a copy of the weights every 100 steps.
 
     Returns:
         ``TrainResult``.
@@ -336,6 +340,8 @@ def train(
                 logged = dict(zip(names, values.tolist(), strict=True))
                 train_log.write(row | logged)
                 lines.update(iteration, logged)
+                if on_step is not None:
+                    on_step(iteration, ema.model if ema is not None else model)
                 if out_of_time or iteration == total_iterations:
                     break
 

@@ -1,0 +1,173 @@
+"""AP50 after a fixed number of steps, for every detector, beside ultralytics' YOLOv8n.
+
+    python benchmarks/sample_efficiency.py [--models yolov8n nanodet-m yolov3-tiny]
+        [--steps 500] [--every 100] [--peer] [--data data/shapes]
+        [--out runs/sample-efficiency] [--threads 2] [--set field=value ...]
+
+What no CPU changes is how much a detector learns from a number of optimizer steps:
+each detector trains on its own ``cpu`` schedule, in float32 (``amp`` off, whatever
+this CPU supports), for exactly ``--steps`` steps of 16 images (no time guard), and the
+weights that evaluation would use (the EMA where the schedule keeps one) are kept after
+every ``--every`` steps and scored on the validation split (pycocotools' COCOeval)
+once training is over. What the CPU does change is printed beside it: the mean time of
+a training step (data included, the first five left out) and the wall time of the
+whole run with its evaluations.
+
+``--peer`` also trains ultralytics' own YOLOv8n on the same set, at the image size of
+the course's YOLOv8n schedule, with the same batch and step count, and prints both AP50
+curves and the ratio of the step times (``benchmarks/ultralytics_peer.py``; needs
+``pip install -e '.[bench]'``). A benchmark run should have the machine to itself:
+another job on the same cores slows whichever model runs beside it.
+
+Writes ``sample_efficiency.csv`` (one row per detector and snapshot) into ``--out``.
+"""
+
+import argparse
+import copy
+import dataclasses
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # for ultralytics_peer
+
+from cpu_budget import parse_overrides  # noqa: E402
+
+from detutils.data.coco import CocoDetection, find_split  # noqa: E402
+from detutils.data.mosaic import build_train_set  # noqa: E402
+from detutils.data.shapes import ensure_shapes  # noqa: E402
+from detutils.data.transforms import build_transforms  # noqa: E402
+from detutils.distributed import init_distributed  # noqa: E402
+from detutils.engine.evaluator import evaluate  # noqa: E402
+from detutils.engine.loader import build_eval_loader  # noqa: E402
+from detutils.engine.presets import schedules_for  # noqa: E402
+from detutils.engine.trainer import seed_everything, train  # noqa: E402
+from detutils.models import build_detector  # noqa: E402
+
+__all__ = ["main", "run_course_detector"]
+
+DEFAULT_MODELS = ["yolov8n", "nanodet-m", "yolov3-tiny"]
+
+
+def _load(data: Path):
+    return CocoDetection(*find_split(data, "train")), CocoDetection(*find_split(data, "val"))
+
+
+def _score(snapshots: dict, val_set, img_size: int) -> dict[int, dict[str, float]]:
+    """COCO metrics of every kept network, by step."""
+    val_set.transforms = build_transforms(img_size, train=False)
+    loader = build_eval_loader(val_set, 16, init_distributed("cpu"), workers=0)
+    return {step: evaluate(network, loader, "cpu").metrics for step, network in snapshots.items()}
+
+
+def run_course_detector(name: str, data: Path, steps: int, every: int, threads: int, sets):
+    """Train one course detector for ``steps`` steps; metrics by step and timings."""
+    start = time.monotonic()
+    train_set, val_set = _load(data)
+    schedule = schedules_for(name)["cpu"].replace(iterations=steps, amp=False, threads=threads)
+    # no time guard: exactly `steps` steps (replace() leaves fields given None alone)
+    schedule = dataclasses.replace(schedule, max_minutes=None, lr_by_time=False)
+    schedule = schedule.replace(**parse_overrides(schedule, sets))
+    seed_everything(schedule.seed)  # as the command line does, before building the model
+    model = build_detector(name, num_classes=train_set.num_classes)
+    snapshots, stamps = {}, []
+
+    def keep(step: int, network: torch.nn.Module) -> None:
+        stamps.append(time.monotonic())
+        if step % every == 0:
+            snapshots[step] = copy.deepcopy(network).to(memory_format=torch.contiguous_format)
+
+    print(f"{name}: {schedule}", flush=True)
+    train(
+        model, build_train_set(train_set, schedule), schedule, progress=False,
+        context=init_distributed("cpu"), on_step=keep,
+    )  # fmt: skip
+    metrics = _score(snapshots, val_set, schedule.img_size)
+    step_times = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    step_times = step_times[5:] or step_times  # the first steps warm the caches up
+    return {
+        "metrics": metrics,
+        "s_per_step": statistics.mean(step_times),
+        "wall_minutes": (time.monotonic() - start) / 60,
+        "img_size": schedule.img_size,
+    }
+
+
+def run_peer(data: Path, out: Path, img_size: int, steps: int, every: int, threads: int):
+    from ultralytics_peer import train_ultralytics
+
+    start = time.monotonic()
+    _, val_set = _load(data)
+    result = train_ultralytics(data, out / "ultralytics", img_size, steps, every, threads)
+    metrics = _score(result["snapshots"], val_set, img_size)
+    return {
+        "metrics": metrics,
+        "s_per_step": statistics.mean(result["step_times"][5:] or result["step_times"]),
+        "wall_minutes": (time.monotonic() - start) / 60,
+        "img_size": img_size,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=DEFAULT_MODELS)
+    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--every", type=int, default=100)
+    parser.add_argument("--peer", action="store_true", help="also ultralytics' YOLOv8n")
+    parser.add_argument("--data", type=Path, default=Path("data/shapes"))
+    parser.add_argument("--out", type=Path, default=Path("runs/sample-efficiency"))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.every < 1 or args.steps % args.every:
+        parser.error("--steps must be a positive multiple of --every")
+    args.out.mkdir(parents=True, exist_ok=True)
+    # a set that exists is used as it is; the default one is generated when absent
+    data = args.data if (args.data / "annotations").is_dir() else ensure_shapes(args.data)
+    torch.set_num_threads(args.threads)
+    print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+
+    results = {}
+    for name in args.models:
+        results[name] = run_course_detector(
+            name, data, args.steps, args.every, args.threads, args.set
+        )
+    if args.peer:
+        size = schedules_for("yolov8n")["cpu"].img_size
+        results["ultralytics yolov8n"] = run_peer(
+            data, args.out, size, args.steps, args.every, args.threads
+        )
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+    rows = [
+        {"detector": name, "img_size": result["img_size"], "step": step} | metrics
+        for name, result in results.items()
+        for step, metrics in result["metrics"].items()
+    ]
+    pd.DataFrame(rows).to_csv(args.out / "sample_efficiency.csv", index=False)
+    table = pd.DataFrame(
+        {
+            name: {f"AP50 @{step}": m["AP50"] for step, m in result["metrics"].items()}
+            | {f"AP @{args.steps}": result["metrics"][args.steps]["AP"]}
+            | {"s / step": result["s_per_step"], "wall min": result["wall_minutes"]}
+            | {"img px": result["img_size"]}
+            for name, result in results.items()
+        }
+    ).T
+    print(table.to_string(float_format="{:.3f}".format))
+    if args.peer and "yolov8n" in results:
+        ours, theirs = results["yolov8n"], results["ultralytics yolov8n"]
+        ratio = ours["s_per_step"] / theirs["s_per_step"]
+        print(f"step time, course YOLOv8n / ultralytics YOLOv8n: {ratio:.2f}")
+        gap = ours["metrics"][args.steps]["AP50"] - theirs["metrics"][args.steps]["AP50"]
+        print(f"AP50 after {args.steps} steps, course minus ultralytics: {gap:+.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
