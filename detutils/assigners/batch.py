@@ -5,7 +5,7 @@ from torch import Tensor
 
 from detutils.boxes import invalid_boxes
 
-__all__ = ["check_ground_truth", "pad_ground_truth"]
+__all__ = ["check_ground_truth", "check_padded_boxes", "pad_ground_truth"]
 
 
 def check_ground_truth(image: int | str, boxes: Tensor, labels: Tensor) -> None:
@@ -28,6 +28,18 @@ def check_ground_truth(image: int | str, boxes: Tensor, labels: Tensor) -> None:
         box = int(negative.nonzero()[0, 0])
         raise ValueError(
             f"targets[{image}]: box {box} has label {int(labels[box])}; class ids run 0 .. C-1"
+        )
+
+
+def check_padded_boxes(gt_boxes: Tensor, gt_mask: Tensor) -> None:
+    """Raise a ``ValueError`` naming the first real box of a padded batch that is not a
+    finite xyxy box: ``gt_boxes (B, M, 4)`` xyxy px, ``gt_mask (B, M)`` bool."""
+    bad = invalid_boxes(gt_boxes) & gt_mask  # (B, M)
+    if bad.any():
+        image, box = bad.nonzero()[0].tolist()
+        raise ValueError(
+            f"gt_boxes[{image}, {box}] = {gt_boxes[image, box].tolist()} is not an xyxy box "
+            "in pixels (finite, x2 >= x1, y2 >= y1)"
         )
 
 

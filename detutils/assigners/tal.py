@@ -59,8 +59,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from detutils.assigners.batch import check_padded_boxes
 from detutils.assigners.result import BACKGROUND
-from detutils.boxes import box_iou_aligned, invalid_boxes
+from detutils.boxes import box_iou_aligned
 
 __all__ = [
     "TaskAlignedResult",
@@ -142,13 +143,7 @@ def _check_inputs(
             f"gt_labels must lie in [0, {num_classes}) where gt_mask is True, got values from "
             f"{int(real_labels.min())} to {int(real_labels.max())}"
         )
-    bad = invalid_boxes(gt_boxes) & gt_mask  # (B, M)
-    if bad.any():
-        image, box = bad.nonzero()[0].tolist()
-        raise ValueError(
-            f"gt_boxes[{image}, {box}] = {gt_boxes[image, box].tolist()} is not an xyxy box "
-            "in pixels (finite, x2 >= x1, y2 >= y1)"
-        )
+    check_padded_boxes(gt_boxes, gt_mask)
     if not torch.isfinite(pred_scores).all() or not torch.isfinite(pred_boxes).all():
         raise ValueError("pred_scores and pred_boxes must be finite (a NaN in the network?)")
     if pred_scores.numel() and (pred_scores.min() < 0 or pred_scores.max() > 1):

@@ -87,6 +87,30 @@ def _decode_grid(
     return grid_points, pred_boxes
 
 
+def _assign(
+    assigner: Callable[..., TaskAlignedResult],
+    cls_logits: Tensor,
+    pred_boxes: Tensor,
+    points: Tensor,
+    point_strides: Tensor,
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    gt_mask: Tensor,
+    **hyperparameters: float,
+) -> TaskAlignedResult:
+    """Step 2: the assigner on detached probabilities and boxes in pixels (grid units x
+    stride), with the anchor points and the ground truth in pixels."""
+    return assigner(
+        cls_logits.detach().float().sigmoid(),
+        pred_boxes.detach() * point_strides.float()[:, None],
+        points.float(),
+        gt_labels,
+        gt_boxes.float(),
+        gt_mask,
+        **hyperparameters,
+    )
+
+
 @torch.no_grad()
 def yolov8_assign(
     cls_logits: Tensor,
@@ -114,17 +138,10 @@ def yolov8_assign(
     _check_inputs(cls_logits, dist_logits, points, point_strides)
     with torch.autocast(cls_logits.device.type, enabled=False):
         _, pred_boxes = _decode_grid(dist_logits, points, point_strides)
-        return assigner(
-            cls_logits.float().sigmoid(),
-            pred_boxes * point_strides.float()[:, None],
-            points.float(),
-            gt_labels,
-            gt_boxes.float(),
-            gt_mask,
-            topk=topk,
-            alpha=alpha,
-            beta=beta,
-        )
+        return _assign(
+            assigner, cls_logits, pred_boxes, points, point_strides, gt_boxes, gt_labels,
+            gt_mask, topk=topk, alpha=alpha, beta=beta,
+        )  # fmt: skip
 
 
 def yolov8_loss(
@@ -182,17 +199,10 @@ def yolov8_loss(
 
         # 2. Assign, in pixels, on detached predictions.
         if assignment is None:
-            assignment = assigner(
-                cls_logits.detach().sigmoid(),
-                pred_boxes.detach() * strides,
-                points.float(),
-                gt_labels,
-                gt_boxes.float(),
-                gt_mask,
-                topk=topk,
-                alpha=alpha,
-                beta=beta,
-            )
+            assignment = _assign(
+                assigner, cls_logits, pred_boxes, points, point_strides, gt_boxes, gt_labels,
+                gt_mask, topk=topk, alpha=alpha, beta=beta,
+            )  # fmt: skip
         record("assignment", assignment)
         target_scores, fg_mask = assignment.scores, assignment.fg_mask  # (B, A, C), (B, A)
 
