@@ -5,7 +5,13 @@ import torch
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as F
 
-from detutils.data.transforms import LETTERBOX_FILL, Letterbox, build_transforms, undo_letterbox
+from detutils.data.transforms import (
+    LETTERBOX_FILL,
+    Letterbox,
+    RandomHSV,
+    build_transforms,
+    undo_letterbox,
+)
 
 
 def _sample(height, width, boxes, labels=None, seed=0):
@@ -140,6 +146,81 @@ def test_random_scale_and_position_still_map_back():
     assert len(pads) > 10  # the position really is random
 
 
+def test_translate_shifts_the_centre_by_at_most_its_fraction():
+    # 100 px square, no zoom: the image is shifted by at most 10 px along each axis.
+    image, target = _sample(100, 100, [[40, 40, 60, 60]])
+    letterbox = Letterbox(100, translate=0.1)
+    shifts = set()
+    for seed in range(30):
+        torch.manual_seed(seed)
+        _, out = letterbox(image, target)
+        left, top = out["pad"].tolist()
+        assert abs(left) <= 10 and abs(top) <= 10
+        shifts.add((left, top))
+        back = undo_letterbox(out["boxes"].as_subclass(torch.Tensor), out["scale"], out["pad"])
+        torch.testing.assert_close(back, torch.tensor([[40.0, 40.0, 60.0, 60.0]]))
+    assert len(shifts) > 10
+
+
+def test_min_visible_drops_boxes_mostly_cut_away():
+    # Zoom 2 about the centre of a 100 px image: the square keeps pixels 25..75 of it.
+    # [0, 40, 30, 60]: 5 of 30 columns stay (1/6 of its area); [60, 40, 100, 60]: 15 of 40.
+    image, target = _sample(100, 100, [[0, 40, 30, 60], [60, 40, 100, 60]], labels=[3, 4])
+    keep_all = build_transforms(100, train=True, scale_range=(2.0, 2.0), translate=0.0,
+                                flip_prob=0.0, color_jitter=(0, 0, 0, 0))  # fmt: skip
+    _, out = keep_all(image, target)
+    assert out["labels"].tolist() == [3, 4]
+    cut = build_transforms(100, train=True, scale_range=(2.0, 2.0), translate=0.0, flip_prob=0.0,
+                           color_jitter=(0, 0, 0, 0), min_visible=0.2)  # fmt: skip
+    _, out = cut(image, target)
+    assert out["labels"].tolist() == [4]
+    assert out["boxes"].tolist() == [[70.0, 30.0, 100.0, 70.0]]
+
+
+def test_random_hsv_keeps_grey_grey_and_scales_value():
+    grey = tv_tensors.Image(torch.full((3, 4, 4), 0.5))
+    torch.manual_seed(0)
+    out, _ = RandomHSV(hue=0.5, saturation=0.9, value=0.0)(grey, {})
+    torch.testing.assert_close(out.as_subclass(torch.Tensor), grey.as_subclass(torch.Tensor))
+    assert isinstance(out, tv_tensors.Image)
+    # Value only: every pixel scales by the same gain, clipped at 1 by its maximum.
+    image = tv_tensors.Image(torch.tensor([0.2, 0.4, 0.8]).view(3, 1, 1))
+    for seed in range(10):
+        torch.manual_seed(seed)
+        out, _ = RandomHSV(hue=0.0, saturation=0.0, value=0.9)(image, {})
+        ratio = out.as_subclass(torch.Tensor).flatten() / torch.tensor([0.2, 0.4, 0.8])
+        torch.testing.assert_close(ratio, ratio[:1].expand(3))
+        assert out.max() <= 1.0
+
+
+def test_random_hsv_saturation_keeps_the_maximum_and_clips_at_grey_or_full():
+    image = tv_tensors.Image(torch.tensor([0.2, 0.4, 0.8]).view(3, 1, 1))
+    for seed in range(20):
+        torch.manual_seed(seed)
+        out, _ = RandomHSV(hue=0.0, saturation=1.0, value=0.0)(image, {})
+        pixel = out.as_subclass(torch.Tensor).flatten()
+        assert pixel.max() == pytest.approx(0.8) and pixel.min() >= 0
+        # Saturation (max - min) / max moves, the order of the channels does not.
+        assert pixel[0] <= pixel[1] <= pixel[2]
+
+
+def test_yolo_style_train_transforms_keep_the_invariants():
+    boxes = [[0, 0, 120, 80], [50, 30, 70, 45], [110, 70, 120, 80], [10, 60, 14, 62]]
+    image, target = _sample(80, 120, boxes)
+    transforms = build_transforms(
+        96, train=True, scale_range=(0.5, 1.5), translate=0.1, hsv=(0.015, 0.7, 0.4),
+        min_visible=0.1,
+    )  # fmt: skip
+    assert any(isinstance(step, RandomHSV) for step in transforms.transforms)
+    for seed in range(30):
+        torch.manual_seed(seed)
+        out_image, out = transforms(image, target)
+        assert out_image.shape == (3, 96, 96)
+        assert out_image.min() >= 0 and out_image.max() <= 1
+        assert len(out["boxes"]) == len(out["labels"])
+        assert torch.all(out["boxes"] >= 0) and torch.all(out["boxes"] <= 96)
+
+
 def test_plain_tensors_are_taken_as_image_and_xyxy_boxes():
     image, target = _sample(20, 40, [[10, 5, 20, 15]])
     plain_target = {**target, "boxes": target["boxes"].as_subclass(torch.Tensor)}
@@ -160,7 +241,12 @@ def test_pass_through_fields_are_kept():
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
-    [({"size": 0}, "size"), ({"size": 8, "scale_range": (2, 1)}, "scale_range")],
+    [
+        ({"size": 0}, "size"),
+        ({"size": 8, "scale_range": (2, 1)}, "scale_range"),
+        ({"size": 8, "translate": 1.0}, "translate"),
+        ({"size": 8, "min_visible": -0.1}, "min_visible"),
+    ],
 )
 def test_bad_letterbox_arguments(arguments, message):
     with pytest.raises(ValueError, match=message):

@@ -12,8 +12,15 @@ records the mapping in the target, ``scale`` and ``pad`` = (left, top), so a box
 the square maps back to the file's pixels as ``(box - [left, top, left, top]) / scale``
 (exact up to the rounding of the resized size, under half a pixel of the square).
 
+Two training recipes are available. The course's: a letterbox, a horizontal flip and
+``v2.ColorJitter``. YOLOv8's (ultralytics' defaults without mosaic): a random zoom
+(``scale_range`` (0.5, 1.5)) about the centre, a random shift of the centre by up to a
+``translate`` fraction (0.1) of the side, boxes cut to less than ``min_visible`` (0.1)
+of their area dropped, then ``RandomHSV`` (gains 0.015, 0.7, 0.4) and the flip.
+
 Reference: torchvision ``transforms.v2`` (``SanitizeBoundingBoxes``,
-``ClampBoundingBoxes``), the letterbox of ultralytics ``LetterBox``
+``ClampBoundingBoxes``), the letterbox of ultralytics ``LetterBox``, its
+``RandomPerspective`` (scale, translate, ``box_candidates``) and ``RandomHSV``
 (``ultralytics/data/augment.py``).
 """
 
@@ -27,7 +34,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-__all__ = ["LETTERBOX_FILL", "Letterbox", "build_transforms", "undo_letterbox"]
+__all__ = ["LETTERBOX_FILL", "Letterbox", "RandomHSV", "build_transforms", "undo_letterbox"]
 
 LETTERBOX_FILL = 114 / 255  # grey of the padding
 
@@ -43,6 +50,14 @@ class Letterbox(nn.Module):
         random_position: place the image at a random offset in the square (or take a
             random window) instead of centring it.
         fill: value of the padding, in [0, 1].
+        translate: without ``random_position``, shift the centred image by a random
+            offset of up to this fraction of ``size`` along each axis (ultralytics'
+            ``translate``); 0 keeps it centred.
+        min_visible: drop boxes of which less than this fraction of the area (after
+            the resize) stays inside the square (ultralytics' ``box_candidates`` keeps
+            boxes above 0.1); 0 keeps every box that is not cut away entirely. A dropped
+            box is collapsed to zero width here, so that ``SanitizeBoundingBoxes``
+            removes it together with its label.
 
     Reference: ultralytics ``LetterBox`` (``ultralytics/data/augment.py``): the same
     fit of the longer side, centred padding and grey 114 fill.
@@ -54,21 +69,34 @@ class Letterbox(nn.Module):
         scale_range: tuple[float, float] = (1.0, 1.0),
         random_position: bool = False,
         fill: float = LETTERBOX_FILL,
+        translate: float = 0.0,
+        min_visible: float = 0.0,
     ) -> None:
         super().__init__()
         if size < 1:
             raise ValueError(f"size must be a positive number of pixels, got {size}")
         if not 0 < scale_range[0] <= scale_range[1]:
             raise ValueError(f"scale_range must be 0 < low <= high, got {scale_range}")
+        if not 0 <= translate < 1 or not 0 <= min_visible <= 1:
+            raise ValueError(
+                f"translate must lie in [0, 1), min_visible in [0, 1]; got {translate}, "
+                f"{min_visible}"
+            )
         self.size = size
         self.scale_range = scale_range
         self.random_position = random_position
         self.fill = fill
+        self.translate = translate
+        self.min_visible = min_visible
 
     def _offset(self, free: int) -> int:
         """Offset of the image in the square along one axis; ``free`` = size - image side."""
         if not self.random_position:
-            return free // 2 if free >= 0 else -((-free) // 2)
+            centred = free // 2 if free >= 0 else -((-free) // 2)
+            if not self.translate:
+                return centred
+            shift = (2.0 * torch.rand(()).item() - 1.0) * self.translate * self.size
+            return centred + round(shift)
         low, high = min(free, 0), max(free, 0)
         return int(torch.randint(low, high + 1, ()).item())
 
@@ -107,6 +135,8 @@ class Letterbox(nn.Module):
         if left < 0 or top < 0 or image.shape[-1] > self.size or image.shape[-2] > self.size:
             crop = (max(-top, 0), max(-left, 0), self.size, self.size)
             image = F.crop(image, *crop)
+            if boxes is not None and self.min_visible > 0:  # before the crop clips them
+                boxes = self._drop_cut_boxes(boxes, crop[1], crop[0])
             boxes = None if boxes is None else F.crop(boxes, *crop)
         # x_new = x_file * scale + pad, composed with any earlier letterbox.
         target = dict(target)
@@ -117,8 +147,93 @@ class Letterbox(nn.Module):
         target["scale"] = float(target.get("scale", 1.0)) * scale
         return image, target
 
+    def _drop_cut_boxes(
+        self, boxes: tv_tensors.BoundingBoxes, left: int, top: int
+    ) -> tv_tensors.BoundingBoxes:
+        """Collapse boxes (M, 4) xyxy with under ``min_visible`` of their area in the window.
+
+        The window is the ``size`` x ``size`` square at (``left``, ``top``) that the crop keeps.
+        """
+        plain = boxes.as_subclass(torch.Tensor)  # (M, 4)
+        area = (plain[:, 2] - plain[:, 0]) * (plain[:, 3] - plain[:, 1])  # (M,)
+        window = plain.new_tensor([left, top, left, top])
+        inside = (plain - window).clamp(0, self.size)  # (M, 4), in the window's pixels
+        inside_area = (inside[:, 2] - inside[:, 0]) * (inside[:, 3] - inside[:, 1])
+        cut = inside_area < self.min_visible * area  # (M,)
+        if not cut.any():
+            return boxes
+        collapsed = plain.clone()
+        collapsed[cut, 2] = collapsed[cut, 0]
+        return tv_tensors.wrap(collapsed, like=boxes)
+
     def extra_repr(self) -> str:
-        return f"size={self.size}, scale_range={self.scale_range}, random={self.random_position}"
+        return (
+            f"size={self.size}, scale_range={self.scale_range}, random={self.random_position}, "
+            f"translate={self.translate}, min_visible={self.min_visible}"
+        )
+
+
+class RandomHSV(nn.Module):
+    """Random gains of hue, saturation and value, as YOLO's HSV augmentation.
+
+    Each image draws ``r = 1 + U(-1, 1) * gain`` per channel. Saturation and value are
+    scaled exactly as in the HSV model, clipped at 1, computed in RGB without a
+    colour-space round trip: a pixel ``c`` with maximum ``V`` and minimum ``m`` becomes
+    ``V - k (V - c)`` with ``k = min(r_s, V / (V - m))`` (saturation), then is scaled
+    by ``min(r_v, 1 / V)`` (value). The hue turns by ``U(-1, 1) * hue`` of a full turn,
+    as in ultralytics (8.3.79 and later), but as a rotation of the RGB cube about its
+    grey axis rather than a shift of the HSV hue: close to it for the small turns of
+    YOLO's gain, and no RGB-HSV round trip.
+
+    Args:
+        hue: hue gain, a fraction of a turn (ultralytics ``hsv_h`` 0.015).
+        saturation: saturation gain (``hsv_s`` 0.7).
+        value: value gain (``hsv_v`` 0.4).
+
+    Reference: ultralytics ``RandomHSV`` (``ultralytics/data/augment.py``).
+    """
+
+    def __init__(self, hue: float = 0.015, saturation: float = 0.7, value: float = 0.4) -> None:
+        super().__init__()
+        if min(hue, saturation, value) < 0 or saturation > 1 or value > 1:
+            raise ValueError(
+                f"HSV gains must be >= 0 with saturation and value <= 1, got "
+                f"{(hue, saturation, value)}"
+            )
+        self.gains = (hue, saturation, value)
+
+    @staticmethod
+    def _hue_rotation(angle: float) -> torch.Tensor:
+        """(3, 3) rotation of RGB vectors by ``angle`` radians about the (1, 1, 1) axis."""
+        cos, sin = math.cos(angle), math.sin(angle)
+        third, root = (1.0 - cos) / 3.0, math.sqrt(1.0 / 3.0) * sin
+        return torch.tensor(
+            [
+                [cos + third, third - root, third + root],
+                [third + root, cos + third, third - root],
+                [third - root, third + root, cos + third],
+            ]
+        )
+
+    def forward(self, image: torch.Tensor, target: dict) -> tuple[torch.Tensor, dict]:
+        """Jitter ``image`` (3, H, W) float in [0, 1]; ``target`` passes unchanged."""
+        r_hue, r_sat, r_val = ((2.0 * torch.rand(3) - 1.0) * torch.tensor(self.gains)).tolist()
+        r_sat, r_val = 1.0 + r_sat, 1.0 + r_val
+        pixels = image.as_subclass(torch.Tensor)  # (3, H, W)
+        if r_hue:
+            rotation = self._hue_rotation(2.0 * math.pi * r_hue).to(pixels)  # (3, 3)
+            pixels = torch.einsum("ij,jhw->ihw", rotation, pixels).clamp(0.0, 1.0)
+        high = pixels.amax(0, keepdim=True)  # (1, H, W), V
+        spread = high - pixels.amin(0, keepdim=True)  # (1, H, W), V - m
+        k = torch.where(spread > 0, high / spread.clamp(min=1e-12), torch.inf).clamp(max=r_sat)
+        pixels = high - k * (high - pixels)  # saturation; V unchanged
+        gain = (1.0 / high.clamp(min=1e-12)).clamp(max=r_val)  # (1, H, W)
+        pixels = (pixels * gain).clamp(0.0, 1.0)  # value
+        out = tv_tensors.wrap(pixels, like=image) if isinstance(image, tv_tensors.Image) else pixels
+        return out, target
+
+    def extra_repr(self) -> str:
+        return f"hue={self.gains[0]}, saturation={self.gains[1]}, value={self.gains[2]}"
 
 
 def build_transforms(
@@ -129,13 +244,17 @@ def build_transforms(
     color_jitter: tuple[float, float, float, float] = (0.25, 0.25, 0.4, 0.0),
     min_size: float = 1.0,
     fill: float = LETTERBOX_FILL,
+    translate: float | None = None,
+    hsv: tuple[float, float, float] | None = None,
+    min_visible: float = 0.0,
 ) -> v2.Compose:
     """The transforms of a detection set: ``(image, target) -> (image, target)``.
 
     Train: letterbox (random scale jitter and position when ``scale_range`` is not
-    (1, 1)), horizontal flip, colour jitter. Eval: letterbox only, deterministic.
-    Both end by clipping boxes to the square and dropping boxes narrower or shorter
-    than ``min_size`` pixels, with their labels.
+    (1, 1), or a random shift of the centre with ``translate``), horizontal flip,
+    colour jitter (or ``RandomHSV`` with ``hsv``). Eval: letterbox only,
+    deterministic. Both end by clipping boxes to the square and dropping boxes
+    narrower or shorter than ``min_size`` pixels, with their labels.
 
     Args:
         img_size: side of the square network input, pixels.
@@ -148,6 +267,13 @@ def build_transforms(
             (YOLO's 0.015 of a turn) that changes little.
         min_size: smallest box width and height kept, pixels.
         fill: padding value in [0, 1].
+        translate: None: a jittered image lands anywhere in the square. A fraction:
+            the image stays centred up to a random shift of this fraction of the side
+            per axis (ultralytics' ``scale`` and ``translate``; 0.1 there).
+        hsv: hue, saturation and value gains of ``RandomHSV``, used instead of
+            ``color_jitter`` (ultralytics: 0.015, 0.7, 0.4); None keeps ``color_jitter``.
+        min_visible: drop boxes with less than this fraction of their area left in
+            the square (see ``Letterbox``; ultralytics: 0.1).
 
     Returns:
         a ``v2.Compose``; the target's ``scale`` and ``pad`` describe the letterbox
@@ -161,10 +287,17 @@ def build_transforms(
         steps = [Letterbox(img_size, fill=fill)]
     else:
         jittered = scale_range[0] != 1.0 or scale_range[1] != 1.0
-        steps = [Letterbox(img_size, scale_range, random_position=jittered, fill=fill)]
+        random_position = jittered and translate is None
+        steps = [
+            Letterbox(
+                img_size, scale_range, random_position, fill, translate or 0.0, min_visible
+            )
+        ]
         if flip_prob > 0:
             steps.append(v2.RandomHorizontalFlip(flip_prob))
-        if any(color_jitter):
+        if hsv is not None:
+            steps.append(RandomHSV(*hsv))
+        elif any(color_jitter):
             brightness, contrast, saturation, hue = color_jitter
             steps.append(v2.ColorJitter(brightness, contrast, saturation, hue))
     steps += [
