@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from detutils.data.mosaic import Mosaic, build_train_set
+from detutils.data.mosaic import MIN_VISIBLE, Mosaic, build_train_set
 from detutils.data.transforms import LETTERBOX_FILL
 from detutils.engine.schedule import TrainSchedule
 
@@ -139,3 +139,28 @@ def test_build_train_set_wraps_only_with_augment_and_mosaic():
     assert not isinstance(build_train_set(Settable(), off), Mosaic)
     with pytest.raises(ValueError, match="mosaic must lie in"):
         TrainSchedule(mosaic=2.0)
+
+
+def test_build_train_set_takes_yolo_zoom_shift_and_hsv_from_the_schedule():
+    from detutils.data.transforms import Letterbox, RandomHSV
+
+    class Settable(Squares):
+        transforms = None
+
+    schedule = TrainSchedule(img_size=SIZE, scale=0.5, translate=0.1, hsv=(0.015, 0.7, 0.4))
+    steps = build_train_set(Settable(), schedule).transforms.transforms
+    letterbox = steps[0]
+    assert isinstance(letterbox, Letterbox) and letterbox.scale_range == (0.5, 1.5)
+    assert (letterbox.translate, letterbox.min_visible, letterbox.random_position) == (
+        0.1, MIN_VISIBLE, False,
+    )  # fmt: skip
+    assert any(isinstance(step, RandomHSV) for step in steps)
+    plain = build_train_set(Settable(), TrainSchedule(img_size=SIZE)).transforms.transforms
+    assert plain[0].scale_range == (1.0, 1.0) and plain[0].min_visible == 0.0
+    assert not any(isinstance(step, RandomHSV) for step in plain)
+    stored = schedule.to_dict() | {"hsv": list(schedule.hsv)}  # as a JSON round trip gives it
+    assert TrainSchedule.from_dict(stored) == schedule
+    with pytest.raises(ValueError, match="scale and translate"):
+        TrainSchedule(scale=1.0)
+    with pytest.raises(ValueError, match="hsv"):
+        TrainSchedule(hsv=(0.1, 0.2))

@@ -33,7 +33,11 @@ from torchvision.transforms.v2 import functional as F
 
 from detutils.data.transforms import LETTERBOX_FILL
 
-__all__ = ["Mosaic", "build_train_set"]
+__all__ = ["MIN_VISIBLE", "Mosaic", "build_train_set"]
+
+# With a random zoom or shift, a box keeps its label only if this fraction of its
+# area stays in the image (ultralytics ``box_candidates``, ``area_thr=0.1``).
+MIN_VISIBLE = 0.1
 
 
 class Mosaic(Dataset):
@@ -181,9 +185,11 @@ def build_train_set(dataset: Dataset, schedule) -> Dataset:
 
     Sets ``dataset.transforms`` (a ``CocoDetection``) from the schedule's ``img_size``
     and ``augment``: the letterbox, and with ``augment`` the flip and colour jitter of
-    ``build_transforms``. With ``augment`` and a ``mosaic`` probability the dataset
-    keeps the letterbox only and is wrapped in ``Mosaic``, which applies the rest
-    after the mosaic. With ``cache_images`` the images are decoded into memory first.
+    ``build_transforms``, or YOLO's zoom, shift and HSV gains where the schedule sets
+    ``scale``, ``translate`` and ``hsv`` (boxes then keep at least ``MIN_VISIBLE`` of
+    their area, as in ultralytics). With ``augment`` and a ``mosaic`` probability the
+    dataset keeps the letterbox only and is wrapped in ``Mosaic``, which applies the
+    rest after the mosaic. With ``cache_images`` the images are decoded into memory first.
 
     Returns:
         the dataset to train on: ``dataset`` itself or a ``Mosaic`` around it.
@@ -193,8 +199,17 @@ def build_train_set(dataset: Dataset, schedule) -> Dataset:
     size = schedule.img_size
     if schedule.cache_images:
         dataset.cache_images()
+    train_transforms = build_transforms(size, train=False)
+    if schedule.augment:
+        zoom, shift = schedule.scale, schedule.translate
+        affine = bool(zoom or shift)
+        train_transforms = build_transforms(
+            size, train=True, scale_range=(1.0 - zoom, 1.0 + zoom),
+            translate=shift if affine else None, hsv=schedule.hsv,
+            min_visible=MIN_VISIBLE if affine else 0.0,
+        )  # fmt: skip
     if schedule.augment and schedule.mosaic > 0:
         dataset.transforms = build_transforms(size, train=False)
-        return Mosaic(dataset, size, prob=schedule.mosaic, transforms=build_transforms(size, True))
-    dataset.transforms = build_transforms(size, train=schedule.augment)
+        return Mosaic(dataset, size, prob=schedule.mosaic, transforms=train_transforms)
+    dataset.transforms = train_transforms
     return dataset

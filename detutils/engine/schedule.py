@@ -70,6 +70,9 @@ class TrainSchedule:
     workers: int = 2  # DataLoader worker processes
     augment: bool = True  # training-time augmentation of the data transforms
     mosaic: float = 0.0  # with augment: probability that a training image is a mosaic of 4
+    scale: float = 0.0  # with augment: random zoom in [1 - scale, 1 + scale] (YOLO: 0.5)
+    translate: float = 0.0  # with augment: random shift of the centre, fraction of the side
+    hsv: tuple[float, float, float] | None = None  # with augment: HSV gains, not colour jitter
     cache_images: bool = False  # decode the training images into memory once (small sets)
     eval_interval: int = 1  # evaluate every this many epochs (0: only at the end)
     max_minutes: float | None = None  # time budget: stop cleanly (and evaluate) when spent
@@ -83,6 +86,10 @@ class TrainSchedule:
                 raise ValueError(f"schedule field {name} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.mosaic <= 1.0:
             raise ValueError(f"schedule field mosaic must lie in [0, 1], got {self.mosaic}")
+        if not 0.0 <= self.scale < 1.0 or not 0.0 <= self.translate < 1.0:
+            raise ValueError("schedule fields scale and translate must lie in [0, 1)")
+        if self.hsv is not None and len(self.hsv) != 3:
+            raise ValueError(f"schedule field hsv must be 3 gains or None, got {self.hsv}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"schedule field optimizer must be one of {OPTIMIZERS}")
         if self.lr_schedule not in LR_SCHEDULES:
@@ -124,6 +131,8 @@ class TrainSchedule:
         """The inverse of ``to_dict`` (tuples come back from lists)."""
         values = dict(values)
         values["step_milestones"] = tuple(values.get("step_milestones", ()))
+        if values.get("hsv") is not None:
+            values["hsv"] = tuple(values["hsv"])
         return cls(**values)
 
 
