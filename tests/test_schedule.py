@@ -11,6 +11,7 @@ from detutils.engine.schedule import (
     build_optimizer,
     lr_factor,
     parameter_groups,
+    split_biases,
 )
 
 
@@ -172,3 +173,30 @@ def test_lr_scheduler_follows_lr_factor_every_iteration():
     assert [lrs[0] for lrs in seen] == pytest.approx(expected)
     assert all(lrs[0] == lrs[1] for lrs in seen)  # both groups share the schedule
     assert seen[-1][0] == pytest.approx(0.5 * schedule.final_lr_fraction)
+
+
+def test_warmup_bias_lr_gives_the_biases_their_own_falling_warm_up():
+    # 12 iterations, warm-up 2 from 0.01 * 0.5; biases from 0.1 down to 0.5 * 1.
+    schedule = TrainSchedule(epochs=3, lr=0.5, warmup_epochs=0.5, warmup_bias_lr=0.1)
+    model = NormNet()
+    optimizer = build_optimizer(model, schedule)
+    names = [group["name"] for group in optimizer.param_groups]
+    assert names == ["decay", "no_decay", "bias"]
+    assert {id(p) for p in optimizer.param_groups[2]["params"]} == {id(model.linear.bias)}
+    assert optimizer.param_groups[2]["weight_decay"] == 0.0
+    scheduler = build_lr_scheduler(optimizer, schedule, iterations_per_epoch=4)
+    seen = []
+    for _ in range(4):
+        seen.append([group["lr"] for group in optimizer.param_groups])
+        optimizer.step()
+        scheduler.step()
+    assert [lrs[2] for lrs in seen[:3]] == pytest.approx([0.1, 0.3, 0.5])
+    assert [lrs[0] for lrs in seen[:3]] == pytest.approx([0.005, 0.2525, 0.5])
+    assert all(lrs[0] == lrs[1] for lrs in seen) and seen[3][2] == seen[3][0]
+    assert lr_factor(0, 12, schedule, warmup=2, bias=True) == pytest.approx(0.2)
+    # Without warmup_bias_lr the optimizer keeps its two groups.
+    two = build_optimizer(model, schedule.replace(warmup_bias_lr=0.0))
+    assert [group["name"] for group in two.param_groups] == ["decay", "no_decay"]
+    groups = split_biases(parameter_groups(model, 0.1), model)
+    split_count = sum(len(group["params"]) for group in groups)
+    assert split_count == sum(len(group["params"]) for group in two.param_groups)

@@ -16,7 +16,10 @@ The learning rate is set every iteration: a linear warm-up from
 ``warmup_start_factor * lr`` to ``lr`` over the first ``warmup_epochs`` epochs
 (counted in iterations, so a fraction of an epoch works), then a cosine decay to
 ``final_lr_fraction * lr`` at the last iteration, or steps of ``step_gamma`` at the
-``step_milestones`` (fractions of the whole run).
+``step_milestones`` (fractions of the whole run). With ``warmup_bias_lr`` the biases
+get a group of their own that starts the warm-up at that learning rate and falls
+linearly to ``lr`` (YOLO's ``warmup_bias_lr``, 0.1): the detection head's biases
+settle within the first iterations, while the weights still warm up.
 """
 
 import dataclasses
@@ -34,6 +37,7 @@ __all__ = [
     "build_optimizer",
     "lr_factor",
     "parameter_groups",
+    "split_biases",
 ]
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -56,6 +60,7 @@ class TrainSchedule:
     weight_decay: float = 5e-4  # applied to weights only, never to norms and biases
     warmup_epochs: float = 1.0  # linear warm-up length, in epochs (may be fractional)
     warmup_start_factor: float = 0.01  # warm-up starts at this fraction of lr
+    warmup_bias_lr: float = 0.0  # biases start the warm-up at this lr, falling to lr (YOLO: 0.1)
     lr_schedule: str = "cosine"  # "cosine" or "step", after the warm-up
     final_lr_fraction: float = 0.01  # cosine: lr at the last iteration, as a fraction of lr
     step_milestones: tuple[float, ...] = (0.67, 0.89)  # step: fractions of the run
@@ -96,7 +101,9 @@ class TrainSchedule:
             raise ValueError(f"schedule field lr_schedule must be one of {LR_SCHEDULES}")
         if not self.lr > 0:
             raise ValueError(f"schedule field lr must be positive, got {self.lr}")
-        non_negative = ("iterations", "weight_decay", "warmup_epochs", "grad_clip", "workers")
+        non_negative = (
+            "iterations", "weight_decay", "warmup_epochs", "warmup_bias_lr", "grad_clip", "workers"
+        )  # fmt: skip
         for name in (*non_negative, "eval_interval"):
             if getattr(self, name) < 0:
                 raise ValueError(f"schedule field {name} must be >= 0, got {getattr(self, name)}")
@@ -166,13 +173,42 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, An
     ]
 
 
+def split_biases(groups: list[dict[str, Any]], model: nn.Module) -> list[dict[str, Any]]:
+    """``parameter_groups`` with the biases moved out of ``no_decay`` into a ``bias`` group.
+
+    Returns:
+        three groups, ``decay``, ``no_decay`` (norm weights and shifts) and ``bias``
+        (the ``bias`` of every other layer, no decay), the first two as given.
+    """
+    biases = {
+        id(parameter)
+        for module in model.modules()
+        if not isinstance(module, NORM_TYPES)
+        for name, parameter in module.named_parameters(recurse=False)
+        if name == "bias"
+    }
+    decay, no_decay = groups
+    kept = [parameter for parameter in no_decay["params"] if id(parameter) not in biases]
+    moved = [parameter for parameter in no_decay["params"] if id(parameter) in biases]
+    return [
+        decay,
+        {**no_decay, "params": kept},
+        {"params": moved, "weight_decay": 0.0, "name": "bias"},
+    ]
+
+
 def build_optimizer(model: nn.Module, schedule: TrainSchedule) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum or AdamW, on ``parameter_groups``.
+
+    With ``schedule.warmup_bias_lr`` the biases form a third group (``split_biases``),
+    so that the LR scheduler can warm them up on their own.
 
     Reference:
         ultralytics ``engine/trainer.py`` ``build_optimizer``.
     """
     groups = parameter_groups(model, schedule.weight_decay)
+    if schedule.warmup_bias_lr > 0:
+        groups = split_biases(groups, model)
     if schedule.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum, nesterov=True)
     # The fused kernel updates every tensor in one pass: on a CPU, the default per-tensor
@@ -184,7 +220,13 @@ def build_optimizer(model: nn.Module, schedule: TrainSchedule) -> torch.optim.Op
     )
 
 
-def lr_factor(iteration: int, total_iterations: int, schedule: TrainSchedule, warmup: int) -> float:
+def lr_factor(
+    iteration: int,
+    total_iterations: int,
+    schedule: TrainSchedule,
+    warmup: int,
+    bias: bool = False,
+) -> float:
     """The learning rate at ``iteration`` (0-based) as a fraction of ``schedule.lr``.
 
     Args:
@@ -192,13 +234,18 @@ def lr_factor(iteration: int, total_iterations: int, schedule: TrainSchedule, wa
         total_iterations: steps of the whole run.
         schedule: gives the shape (warm-up start, cosine end or step milestones).
         warmup: warm-up length in iterations.
+        bias: the factor of the ``bias`` group: with ``schedule.warmup_bias_lr`` the
+            warm-up starts at ``warmup_bias_lr / lr`` instead of ``warmup_start_factor``.
 
     Reference:
         torchvision ``LinearLR`` then ``CosineAnnealingLR`` / ``MultiStepLR``, as chained
-        by ``references/detection/train.py``; ultralytics ``one_cycle`` for the cosine.
+        by ``references/detection/train.py``; ultralytics ``one_cycle`` for the cosine,
+        its ``warmup_bias_lr`` for the biases' warm-up.
     """
     if iteration < warmup:
         start = schedule.warmup_start_factor
+        if bias and schedule.warmup_bias_lr > 0:
+            start = schedule.warmup_bias_lr / schedule.lr
         return start + (1.0 - start) * iteration / warmup
     if schedule.lr_schedule == "step":
         done = iteration / max(1, total_iterations)
@@ -236,10 +283,14 @@ def build_lr_scheduler(
     total = schedule.total_iterations(iterations_per_epoch)
     warmup = round(schedule.warmup_epochs * iterations_per_epoch)
 
-    def factor(iteration: int) -> float:
-        if time_spent is not None and schedule.lr_by_time:
-            by_time = math.floor(min(1.0, time_spent()) * (total - 1))
-            iteration = max(iteration, by_time)
-        return lr_factor(iteration, total, schedule, warmup)
+    def factor_of(bias: bool) -> Callable[[int], float]:
+        def factor(iteration: int) -> float:
+            if time_spent is not None and schedule.lr_by_time:
+                by_time = math.floor(min(1.0, time_spent()) * (total - 1))
+                iteration = max(iteration, by_time)
+            return lr_factor(iteration, total, schedule, warmup, bias)
 
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return factor
+
+    factors = [factor_of(group.get("name") == "bias") for group in optimizer.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)
