@@ -8,8 +8,9 @@ that changes one changes only its own copy.
     cpu  minutes: a meaningful result on a plain 2-core laptop CPU, in float32.
     gpu  the reference's recipe, or a stated difference from it.
 
-The figures each ``cpu`` schedule reaches are measured by ``benchmarks/cpu_budget.py``
-and listed in the README's course map, not here: they move with the machine.
+The figures each ``cpu`` schedule reaches are measured by ``benchmarks/sample_efficiency.py``
+and ``benchmarks/cpu_budget.py`` and listed in the README, not here: they move with the
+machine.
 """
 
 from collections.abc import Callable
@@ -72,8 +73,10 @@ def cpu_budget_schedule(
     in iterations, so the cosine reaches its floor at the last one; ``max_minutes``
     (8.75) stops a slower machine and ``lr_by_time`` then ends the cosine at that
     deadline. ``amp`` (bfloat16 convolutions on a CPU that has them) and
-    ``channels_last`` make each step cheaper, so more of them fit. Each detector's
-    docstring gives the numbers measured for its own choice of these arguments.
+    ``channels_last`` make each step cheaper, so more of them fit. What each detector's
+    schedule reaches is measured by ``benchmarks/sample_efficiency.py`` (AP50 after a
+    number of steps) and ``benchmarks/cpu_budget.py`` (AP50 against minutes), and
+    listed in the README.
     """
     return TrainSchedule(
         iterations=iterations, batch_size=16, img_size=img_size, optimizer="adamw", lr=lr,
