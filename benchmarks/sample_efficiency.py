@@ -137,8 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         results[name] = run_course_detector(
             name, data, args.steps, args.every, args.threads, args.set
         )
-    if args.peer:
-        size = schedules_for("yolov8n")["cpu"].img_size
+    if args.peer:  # at the image size the course's YOLOv8n trained at in this run
+        preset = schedules_for("yolov8n")["cpu"]
+        size = preset.replace(**parse_overrides(preset, args.set)).img_size
         results["ultralytics yolov8n"] = run_peer(
             data, args.out, size, args.steps, args.every, args.threads
         )
