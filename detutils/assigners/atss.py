@@ -62,8 +62,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from detutils.assigners.batch import check_gt_boxes
 from detutils.assigners.result import BACKGROUND, AssignResult
-from detutils.boxes import box_iou, box_iou_aligned, invalid_boxes
+from detutils.boxes import box_iou, box_iou_aligned
 
 if TYPE_CHECKING:
     import pandas
@@ -102,13 +103,7 @@ def _check_gt(gt_boxes: Tensor, gt_labels: Tensor, batched: bool) -> None:
     if gt_labels.is_floating_point():
         raise ValueError(f"gt_labels must hold integer class ids, got {gt_labels.dtype}")
     if gt_boxes.device.type == "cpu":  # on a GPU a check would cost a round trip a step
-        bad = invalid_boxes(gt_boxes)  # (M,) or (B, M)
-        if bad.any():
-            where = ", ".join(str(i) for i in bad.nonzero()[0].tolist())
-            raise ValueError(
-                f"gt_boxes[{where}] = {gt_boxes[tuple(bad.nonzero()[0])].tolist()} is not an "
-                "xyxy box in pixels (finite, x2 >= x1, y2 >= y1)"
-            )
+        check_gt_boxes(gt_boxes)  # (M, 4) or (B, M, 4); padding (zeros) is a valid box
 
 
 def _centers(boxes: Tensor) -> Tensor:

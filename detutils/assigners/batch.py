@@ -5,7 +5,7 @@ from torch import Tensor
 
 from detutils.boxes import invalid_boxes
 
-__all__ = ["check_ground_truth", "check_padded_boxes", "pad_ground_truth"]
+__all__ = ["check_ground_truth", "check_gt_boxes", "pad_ground_truth"]
 
 
 def check_ground_truth(image: int | str, boxes: Tensor, labels: Tensor) -> None:
@@ -31,15 +31,21 @@ def check_ground_truth(image: int | str, boxes: Tensor, labels: Tensor) -> None:
         )
 
 
-def check_padded_boxes(gt_boxes: Tensor, gt_mask: Tensor) -> None:
-    """Raise a ``ValueError`` naming the first real box of a padded batch that is not a
-    finite xyxy box: ``gt_boxes (B, M, 4)`` xyxy px, ``gt_mask (B, M)`` bool."""
-    bad = invalid_boxes(gt_boxes) & gt_mask  # (B, M)
+def check_gt_boxes(gt_boxes: Tensor, gt_mask: Tensor | None = None) -> None:
+    """Raise a ``ValueError`` naming the first box that is not a finite xyxy box.
+
+    Args:
+        gt_boxes: (..., 4) xyxy px: (M, 4) for one image, (B, M, 4) padded for a batch.
+        gt_mask: (...) bool, True for the real boxes; None checks every box.
+    """
+    bad = invalid_boxes(gt_boxes)  # (...)
+    if gt_mask is not None:
+        bad &= gt_mask
     if bad.any():
-        image, box = bad.nonzero()[0].tolist()
+        where = tuple(bad.nonzero()[0].tolist())
         raise ValueError(
-            f"gt_boxes[{image}, {box}] = {gt_boxes[image, box].tolist()} is not an xyxy box "
-            "in pixels (finite, x2 >= x1, y2 >= y1)"
+            f"gt_boxes[{', '.join(map(str, where))}] = {gt_boxes[where].tolist()} is not an "
+            "xyxy box in pixels (finite, x2 >= x1, y2 >= y1)"
         )
 
 

@@ -59,7 +59,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from detutils.assigners.batch import check_padded_boxes
+from detutils.assigners.batch import check_gt_boxes
 from detutils.assigners.result import BACKGROUND
 from detutils.boxes import box_iou_aligned
 
@@ -143,7 +143,7 @@ def _check_inputs(
             f"gt_labels must lie in [0, {num_classes}) where gt_mask is True, got values from "
             f"{int(real_labels.min())} to {int(real_labels.max())}"
         )
-    check_padded_boxes(gt_boxes, gt_mask)
+    check_gt_boxes(gt_boxes, gt_mask)
     if not torch.isfinite(pred_scores).all() or not torch.isfinite(pred_boxes).all():
         raise ValueError("pred_scores and pred_boxes must be finite (a NaN in the network?)")
     if pred_scores.numel() and (pred_scores.min() < 0 or pred_scores.max() > 1):

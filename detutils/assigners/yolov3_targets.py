@@ -17,7 +17,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from detutils.assigners.batch import check_padded_boxes
+from detutils.assigners.batch import check_gt_boxes
 
 __all__ = ["YOLOv3Targets", "build_yolov3_targets", "wh_iou"]
 
@@ -79,7 +79,7 @@ def _check_ground_truth(gt_boxes: Tensor, gt_labels: Tensor, gt_mask: Tensor) ->
         raise ValueError(f"gt_mask must be bool, got {gt_mask.dtype}")
     if gt_boxes.device.type != "cpu":  # on a GPU a check would cost a round trip a step
         return
-    check_padded_boxes(gt_boxes, gt_mask)
+    check_gt_boxes(gt_boxes, gt_mask)
     if (gt_labels[gt_mask] < 0).any():
         raise ValueError("gt_labels of valid boxes must be class ids >= 0")
 
