@@ -54,8 +54,8 @@ __all__ = ["main", "run_course_detector"]
 DEFAULT_MODELS = ["yolov8n", "nanodet-m", "yolov3-tiny"]
 
 
-def _load(data: Path):
-    return CocoDetection(*find_split(data, "train")), CocoDetection(*find_split(data, "val"))
+def _load(data: Path, split: str) -> CocoDetection:
+    return CocoDetection(*find_split(data, split))
 
 
 def _score(snapshots: dict, val_set, img_size: int) -> dict[int, dict[str, float]]:
@@ -68,7 +68,7 @@ def _score(snapshots: dict, val_set, img_size: int) -> dict[int, dict[str, float
 def run_course_detector(name: str, data: Path, steps: int, every: int, threads: int, sets):
     """Train one course detector for ``steps`` steps; metrics by step and timings."""
     start = time.monotonic()
-    train_set, val_set = _load(data)
+    train_set, val_set = _load(data, "train"), _load(data, "val")
     schedule = schedules_for(name)["cpu"].replace(iterations=steps, amp=False, threads=threads)
     # no time guard: exactly `steps` steps (replace() leaves fields given None alone)
     schedule = dataclasses.replace(schedule, max_minutes=None, lr_by_time=False)
@@ -102,7 +102,7 @@ def run_peer(data: Path, out: Path, img_size: int, steps: int, every: int, threa
     from ultralytics_peer import train_ultralytics
 
     start = time.monotonic()
-    _, val_set = _load(data)
+    val_set = _load(data, "val")  # the peer reads its own copy of the training set
     result = train_ultralytics(data, out / "ultralytics", img_size, steps, every, threads)
     metrics = _score(result["snapshots"], val_set, img_size)
     return {
