@@ -15,7 +15,8 @@ whole run with its evaluations.
 
 ``--peer`` also trains ultralytics' own YOLOv8n on the same set, at the image size of
 the course's YOLOv8n schedule, with the same batch and step count, and prints both AP50
-curves and the ratio of the step times (``benchmarks/ultralytics_peer.py``; needs
+curves and the ratio of the step times, and what ultralytics' own validator reports for
+its last weights (``benchmarks/ultralytics_peer.py``; needs
 ``pip install -e '.[bench]'``). A benchmark run should have the machine to itself:
 another job on the same cores slows whichever model runs beside it.
 
@@ -110,6 +111,7 @@ def run_peer(data: Path, out: Path, img_size: int, steps: int, every: int, threa
         "s_per_step": statistics.mean(result["step_times"][5:] or result["step_times"]),
         "wall_minutes": (time.monotonic() - start) / 60,
         "img_size": img_size,
+        "own_ap50": result["own_ap50"],
     }
 
 
@@ -167,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"step time, course YOLOv8n / ultralytics YOLOv8n: {ratio:.2f}")
         gap = ours["metrics"][args.steps]["AP50"] - theirs["metrics"][args.steps]["AP50"]
         print(f"AP50 after {args.steps} steps, course minus ultralytics: {gap:+.3f}")
+    if args.peer:
+        print(
+            f"ultralytics' own validator on its last weights: AP50 "
+            f"{results['ultralytics yolov8n']['own_ap50']:.3f}"
+        )
     return 0
 
 

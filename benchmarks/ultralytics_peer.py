@@ -8,14 +8,18 @@ batch 16 and nominal batch 16 (one optimizer step per batch), AdamW at lr 0.002,
 epoch of warm-up, its default augmentation (HSV 0.015 / 0.7 / 0.4, translate 0.1, scale
 0.5, horizontal flip 0.5), mosaic off from the start (``close_mosaic`` = epochs), its EMA,
 float32 (``amp=False``), images cached in memory, one DataLoader worker, no plots and no
-validation during training. ultralytics sets one torch thread on a 2-core machine; the
-thread count is set back to the benchmark's at the start of training.
+validation during training (ultralytics still validates once, after the last epoch).
+ultralytics sets one torch thread on a 2-core machine; the thread count is set back to
+the benchmark's at the start of training.
 
 Its EMA weights are kept every ``every`` optimizer steps and scored by the course's own
 evaluator (:func:`detutils.engine.evaluate`): the same letterbox, the same score
 threshold, NMS and ``max_det`` as the course's YOLOv8n, and pycocotools' COCOeval. The
 network's output is used as ultralytics' inference returns it (boxes cx, cy, w, h in
-input pixels, then the class probabilities).
+input pixels, then the class probabilities). ultralytics' own figure for the last weights
+(its validator, after the last epoch) is returned beside them: the two evaluators differ
+in details (ultralytics letterboxes validation images in rectangular batches and
+interpolates precision its own way), so the two AP50s of one network may differ.
 """
 
 import copy
@@ -114,8 +118,9 @@ def train_ultralytics(
 
     Returns:
         ``{"snapshots": {step: UltralyticsDetector}, "step_times": [s, ...],
-        "train_minutes": float}``; the snapshots are the EMA after ``every``,
-        ``2 every``, ... steps.
+        "train_minutes": float, "own_ap50": float}``; the snapshots are the EMA after
+        ``every``, ``2 every``, ... steps; ``own_ap50`` is what ultralytics' validator
+        reports for the last of them.
     """
     from ultralytics import YOLO
 
@@ -155,4 +160,5 @@ def train_ultralytics(
         "snapshots": snapshots,
         "step_times": [b - a for a, b in zip(stamps, stamps[1:], strict=False)],
         "train_minutes": (time.monotonic() - start) / 60,
+        "own_ap50": float(model.trainer.metrics["metrics/mAP50(B)"]),
     }
