@@ -517,7 +517,10 @@ print("batched == per image; positives per image:", batched.positive.sum(dim=1).
 #   the box by more than 0.01 px; a prior claimed twice learns the box it overlaps most.
 # - NanoDet runs it on grid cells of 5 strides: 2100 at 320 px, three levels.
 # - The threshold adapts to the box: the level whose cells fit the box stands out,
-#   so large, medium and small boxes land on strides 32, 16 and 8 by themselves.
+#   so the large, medium and small boxes of this lesson landed on strides 32, 16 and 8
+#   by themselves. A tendency, not a rule: a box between two levels can get nothing
+#   (exercise 2's 240 px bar), and notebook 23 (exercise 1) finds boxes of every size
+#   without a positive among the validation images.
 # - A fixed IoU threshold treats every box alike: a 10-px box, whose best IoU with a
 #   40-px cell is 0.0625, gets no positive at all.
 # - `explain_atss` keeps every intermediate, `assign_atss` gives the assignment of an

@@ -548,8 +548,9 @@ torch.testing.assert_close(best_half, torch.tensor(math.log(2.0)), atol=1e-6, rt
 print(f"-log S_3 = {on_bin.item():.4f}; best for 3.5: {best_half.item():.4f} = ln 2")
 
 # %% [markdown]
-# **Exercise 3.** mmdet's `GFLHead` clamps the weight sum `Σ w` to at least 1 before
-# dividing the box terms by it; NanoDet does not. At the first step of this image,
+# **Exercise 3.** mmdet's `GFLHead` (versions 2.x and 3.x) clamps the weight sum `Σ w`
+# to at least 1 before dividing the box terms by it; NanoDet and the original GFL code
+# (implus/GFocal) do not. At the first step of this image,
 # how much smaller is mmdet's `bbox` term than NanoDet's? Compute it.
 
 # %% tags=["solution"]
