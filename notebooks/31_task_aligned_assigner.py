@@ -176,8 +176,13 @@ significant(cross_table)  # 4 significant digits: what float32 gives on every CP
 
 # %% [markdown]
 # *Misunderstanding: "the metric adds score and overlap".* It multiplies them: a point
-# whose score for the class is 0 gets t = 0 whatever its box, and is never a positive.
-# Zero the cross's class score at its best point and run the assigner:
+# whose score for the class is 0 gets t = 0 whatever its box, and in `detutils` a point
+# with t = 0 is never a positive. That rule is this package's: ultralytics takes the
+# top k over every anchor, so a box with fewer than k points of positive t fills its
+# top k with zero-metric anchors, whichever `topk` returns first, and those inside the
+# box become positives with a class target of 0 and a box weight of 0, which every loss
+# term then treats as background (the docstring of `detutils.assigners.tal` says
+# more). Zero the cross's class score at its best point and run the assigner:
 
 # %%
 best_point = int(cross_best[0])
@@ -501,9 +506,9 @@ assert tiny_candidates == [0, 1] and tiny_positives == [0, 0]
 # In the first box only x = 104 (stride 16) and y = 100 (stride 8) fall inside: no
 # single point has both, so there is no candidate. The second holds the point
 # (100, 100), but that point predicts a box of about 120 px: the CIoU with a 6-px box
-# is below 0, clamped to 0, so t = 0, and a zero metric is never a positive. The box
-# teaches nothing until a prediction nears it (or, in newer ultralytics releases, the
-# widened test gives it more candidates).
+# is below 0, clamped to 0, so t = 0, and here a zero metric is never a positive. The
+# box teaches nothing until a prediction nears it (or, in newer ultralytics releases,
+# the widened test gives it more candidates).
 
 # %% [markdown]
 # **Exercise 4.** A batch: our image and an image without boxes, padded with
