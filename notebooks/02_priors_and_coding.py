@@ -250,6 +250,7 @@ ax.legend(fontsize=7, loc="upper right")
 ax.set_title("RPN anchors at (160, 160): ratios 0.5, 1, 2")
 plt.show()
 
+# %% [markdown]
 # ## 6. The flat prior index
 #
 # Every head of the course flattens its outputs the same way, so prediction `i` and
