@@ -172,7 +172,9 @@ cross_table = pd.DataFrame(
         "t": metric[1, cross_best].tolist(),
     }
 )
-significant(cross_table)  # 4 significant digits: what float32 gives on every CPU
+# 3 significant digits: s and u come from a network, whose float32 outputs differ in
+# their sixth digit from one CPU to another, and t = s^0.5 u^6 multiplies u's error by 6.
+print(significant(cross_table, digits=3).to_string(float_format="{:.3g}".format))
 
 # %% [markdown]
 # *Misunderstanding: "the metric adds score and overlap".* It multiplies them: a point
