@@ -550,9 +550,13 @@ for head_layer, anchors_at_cell in zip(model.heads, zero_boxes, strict=True):
 # %% [markdown]
 # And the objectness: `detutils.models.yolov3.init_head_biases` shifts the head
 # conv's objectness bias to `log(8 / (640 / s)²)`, the share of cells that hold an
-# object if an image has about 8 (RetinaNet's prior-probability initialisation). At
-# initialisation, in eval mode, the signal through 75 random layers has faded, the box
-# outputs are close to 0 and the objectness of every cell is close to that prior:
+# object if an image has about 8 (RetinaNet's prior-probability initialisation). This
+# per-stride prior is YOLOv5's (`_initialize_biases` in its `models/yolo.py`); the
+# archive branch of ultralytics/yolov3, which the rest of this lesson follows, adds a
+# flat −4.5 at every stride instead, a prior of 0.011 (log p = −3.9, −5.3 and −6.7
+# here at strides 32, 16 and 8). At initialisation, in eval mode, the signal through 75
+# random layers has faded, the box outputs are close to 0 and the objectness of every
+# cell is close to that prior:
 
 # %%
 rows = []

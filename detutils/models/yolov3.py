@@ -27,7 +27,10 @@ sigmoid(b) is close to e^b, so adding b = log(p) gives about p.
     classes     p = 0.6 / (C - 0.99), a little under 1 / C (log p = -4.9 for C = 80)
 
 The offsets are added to PyTorch's default (small, random) conv biases, as in the
-reference; the box channels keep the default.
+reference; the box channels keep the default. The objectness prior per stride is
+YOLOv5's (``models/yolo.py``, ``_initialize_biases``); the archive branch of
+ultralytics/yolov3, which the rest of this module follows, adds a flat -4.5 at every
+stride instead (p = 0.011).
 
 Reference: ultralytics/yolov3 (archive branch) ``models.py`` (``create_modules`` bias
 initialisation, ``YOLOLayer``, ``Darknet``), ``utils/utils.py`` (``compute_loss``,
@@ -100,7 +103,9 @@ def init_head_biases(
     class biases += log(0.6 / (C - 0.99)). Why: see the module docstring.
 
     Reference: ultralytics/yolov3 (archive) ``models.py`` ``create_modules``, "Initialize
-    preceding Conv2d() bias (https://arxiv.org/pdf/1708.02002.pdf section 3.3)".
+    preceding Conv2d() bias (https://arxiv.org/pdf/1708.02002.pdf section 3.3)", for the
+    class biases; the objectness offset per stride is YOLOv5's ``_initialize_biases``
+    (the archive adds -4.5 at every stride).
     """
     for index in network.head_indices:
         head: YOLOLayer = network.layers[index]
