@@ -87,10 +87,13 @@ table = pd.DataFrame({name: schedule.to_dict() for name, schedule in schedules.i
 table[table.astype(str).nunique(axis=1) > 1]
 
 # %% [markdown]
-# - **`gpu`** is ultralytics' default recipe for YOLOv8 on COCO: SGD with Nesterov
+# - **`gpu`** follows ultralytics' default recipe for YOLOv8 on COCO: SGD with Nesterov
 #   momentum 0.937 at learning rate 0.01, weight decay 5e-4, 64 images per step, three
 #   epochs of warm-up, a decay to 1 % of the rate, mixed precision and an exponential
-#   moving average of the weights, 500 epochs at 640 px.
+#   moving average of the weights, 500 epochs at 640 px. It differs in three places:
+#   ultralytics decays the rate linearly (here a cosine), trains on mosaics (`mosaic`
+#   1.0, off for the last 10 epochs; here off unless `--set mosaic=1.0`), and ramps
+#   the biases' rate and the momentum during warm-up (here one ramp for every group).
 # - **`cpu`** has ten minutes of a 2-core CPU, evaluation included, and is designed for
 #   float32, the arithmetic every CPU has: 500 steps of 16 images at the set's 320 px,
 #   four passes over the 2,000 training images. AdamW at 0.002 moves much faster than
@@ -325,9 +328,9 @@ plt.show()
 # prevent, and each mosaic is a harder image. A ten-minute YOLOv8n is far from
 # trained: its loss only flattens because the learning rate runs out (section 4).
 #
-# **`gpu`** (ultralytics' recipe, 500 epochs at 640 px): not run for this course, so
-# no figure is promised. For scale, ultralytics reports 37.3 AP (COCO val2017,
-# 640 px) for YOLOv8n trained this way.
+# **`gpu`** (500 epochs at 640 px): not run for this course, so no figure is promised.
+# For scale, ultralytics reports 37.3 AP (COCO val2017, 640 px) for YOLOv8n trained
+# with its own recipe, mosaics and linear decay included.
 
 # %% [markdown]
 # ## Recap
