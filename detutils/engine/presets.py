@@ -75,9 +75,9 @@ def cpu_budget_schedule(
     deadline. The plan is float32, which every CPU runs; ``amp`` (bfloat16
     convolutions, only on a CPU with native kernels) and ``channels_last`` make each
     step cheaper, so more of them fit. What each detector's schedule reaches is measured
-    by ``benchmarks/sample_efficiency.py`` (AP50 after a number of steps, the same on
-    every CPU) and ``benchmarks/cpu_budget.py`` (AP50 against minutes), and listed in
-    the README.
+    by ``benchmarks/sample_efficiency.py`` (AP50 after a number of steps, which hardly
+    depends on the CPU) and ``benchmarks/cpu_budget.py`` (AP50 against minutes), and
+    listed in the README.
     """
     return TrainSchedule(
         iterations=iterations, batch_size=16, img_size=img_size, optimizer="adamw", lr=lr,
