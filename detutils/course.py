@@ -7,8 +7,21 @@ paired with ``notebooks/NN_topic.ipynb`` that holds the stored outputs nbval che
     python -m detutils.course exercises                # student versions in notebooks/exercises/
     python -m detutils.course run [--build build]      # data, then every notebook into build/
 
-A cell tagged ``solution`` holds the answer to an exercise: it runs (and asserts) in
-the course notebook, and the student version replaces its code with a stub.
+Exercises follow nbgrader's convention, so a teacher can grade them with nbgrader
+(the README says how). In the source (``NN_topic.py``):
+
+- a cell tagged ``solution`` holds the answer between ``### BEGIN SOLUTION`` and
+  ``### END SOLUTION``; lines before the markers (the names the check reads, set to
+  ``None``) stay in the student version;
+- a cell tagged ``check`` follows it: nbgrader's read-only autograder test cell, built
+  from ``detutils.checks``; lines between ``### BEGIN HIDDEN TESTS`` and
+  ``### END HIDDEN TESTS`` run in the course notebook and are left out of the student
+  version.
+
+The stored course notebooks carry nbgrader's cell metadata (they are its *source*
+version); ``exercises`` writes the *release*: every solution region replaced by
+``# YOUR CODE HERE``, hidden tests removed, the outputs of solution and check cells
+cleared, and every other output, the lesson's figures included, kept.
 """
 
 from __future__ import annotations
@@ -32,7 +45,9 @@ __all__ = [
     "stored_schedule",
     "course_notebooks",
     "refresh_notebook",
+    "add_grading_metadata",
     "make_exercise",
+    "exercise_network",
     "run_course",
     "main",
 ]
@@ -41,7 +56,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_[a-z0-9_]+$")
 SOLUTION_TAG = "solution"
-EXERCISE_STUB = "# Your solution here.\n"
+CHECK_TAG = "check"
+BEGIN_SOLUTION, END_SOLUTION = "### BEGIN SOLUTION", "### END SOLUTION"
+BEGIN_HIDDEN, END_HIDDEN = "### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS"
+CODE_STUB = "# YOUR CODE HERE"
+NBGRADER_SCHEMA_VERSION = 3
 # Execution budget of one notebook (seconds); training notebooks on the full schedule
 # may take much longer, so `run` uses no limit.
 REFRESH_TIMEOUT = 1800
@@ -161,23 +180,102 @@ def refresh_notebook(
     schedule = schedule or stored_schedule(source)
     env = {"DETUTILS_SCHEDULE": schedule, "DETUTILS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     _execute(nb, source.parent, timeout, env)
+    add_grading_metadata(nb, source.stem)
     _stable_ids(nb)
     target = source.with_suffix(".ipynb")
     jupytext.write(nb, target, fmt="ipynb")
     return target
 
 
-def make_exercise(nb):
-    """The student version of a notebook: solution cells stubbed, outputs cleared."""
+def _tags(cell) -> list[str]:
+    return list(cell.metadata.get("tags", []))
+
+
+def _cut_region(source: str, begin: str, end: str, stub: str | None, where: str) -> str:
+    """``source`` with every ``begin`` .. ``end`` region replaced by ``stub`` (or removed)."""
+    lines, kept, inside, found = source.splitlines(), [], False, False
+    for line in lines:
+        marker = line.strip()
+        if marker == begin:
+            if inside:
+                raise ValueError(f"{where}: {begin!r} inside another one")
+            inside = found = True
+            if stub is not None:
+                indent = line[: len(line) - len(line.lstrip())]
+                kept.append(indent + stub)
+        elif marker == end:
+            if not inside:
+                raise ValueError(f"{where}: {end!r} without {begin!r}")
+            inside = False
+        elif not inside:
+            kept.append(line)
+    if inside:
+        raise ValueError(f"{where}: {begin!r} without {end!r}")
+    if stub is not None and not found:
+        raise ValueError(f"{where}: a solution cell needs {begin!r} and {end!r} markers")
+    return "\n".join(kept)
+
+
+def add_grading_metadata(nb, name: str = "notebook"):
+    """Give solution and check cells nbgrader's cell metadata, in place; returns ``nb``.
+
+    Exercise ``n`` is the ``n``-th solution cell: its answer cell gets the nbgrader id
+    ``exercise_n`` (``solution``, editable) and each check cell after it
+    ``exercise_n_check`` (then ``..._check2``, ...): graded, one point, read-only.
+
+    Raises:
+        ValueError: a solution cell without its markers, a check cell before any
+            solution cell, or a solution cell followed by no check cell.
+    """
+    exercise, checks = 0, 0
+    for index, cell in enumerate(nb.cells):
+        tags = _tags(cell)
+        where = f"{name}, cell {index}"
+        if cell.cell_type != "code" or not {SOLUTION_TAG, CHECK_TAG} & set(tags):
+            cell.metadata.pop("nbgrader", None)
+            continue
+        if SOLUTION_TAG in tags:
+            if exercise and not checks:
+                raise ValueError(f"{where}: exercise {exercise} has no check cell")
+            _cut_region(cell.source, BEGIN_SOLUTION, END_SOLUTION, CODE_STUB, where)
+            exercise, checks = exercise + 1, 0
+            grading = {"grade": False, "grade_id": f"exercise_{exercise}", "locked": False,
+                       "solution": True}  # fmt: skip
+        else:
+            if not exercise:
+                raise ValueError(f"{where}: a check cell before any solution cell")
+            checks += 1
+            suffix = "" if checks == 1 else str(checks)
+            grading = {"grade": True, "grade_id": f"exercise_{exercise}_check{suffix}",
+                       "locked": True, "points": 1, "solution": False}  # fmt: skip
+        cell.metadata["nbgrader"] = {
+            **grading, "schema_version": NBGRADER_SCHEMA_VERSION, "task": False
+        }  # fmt: skip
+    if exercise and not checks:
+        raise ValueError(f"{name}: exercise {exercise} has no check cell")
+    return nb
+
+
+def make_exercise(nb, name: str = "notebook"):
+    """The student release of an executed course notebook.
+
+    Solution regions become ``# YOUR CODE HERE`` (the lines before them stay), hidden
+    tests are removed, solution and check cells lose their outputs; every other cell
+    keeps its outputs, so the lesson's tables and figures are there to read. Cells carry
+    nbgrader's metadata. The course notebook is left untouched.
+    """
     import copy
 
-    student = copy.deepcopy(nb)
-    for cell in student.cells:
-        if cell.cell_type != "code":
+    student = add_grading_metadata(copy.deepcopy(nb), name)
+    for index, cell in enumerate(student.cells):
+        tags = _tags(cell)
+        where = f"{name}, cell {index}"
+        if SOLUTION_TAG in tags:
+            cell.source = _cut_region(cell.source, BEGIN_SOLUTION, END_SOLUTION, CODE_STUB, where)
+        elif CHECK_TAG in tags:
+            cell.source = _cut_region(cell.source, BEGIN_HIDDEN, END_HIDDEN, None, where)
+        else:
             continue
-        if SOLUTION_TAG in cell.metadata.get("tags", []):
-            cell.source = EXERCISE_STUB
-            cell.metadata["tags"] = [t for t in cell.metadata["tags"] if t != SOLUTION_TAG]
         cell.outputs = []
         cell.execution_count = None
     _stable_ids(student)
@@ -185,17 +283,88 @@ def make_exercise(nb):
 
 
 def write_exercises(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
-    """Write ``notebooks/exercises/NN_topic.ipynb`` for every course notebook."""
-    import jupytext
+    """Write ``notebooks/exercises/NN_topic.ipynb`` for every course notebook.
+
+    The release is made from the stored, executed ``NN_topic.ipynb``, whose outputs it
+    keeps; run ``refresh`` first when the source changed.
+    """
+    import nbformat
 
     out_dir = notebook_dir / "exercises"
     out_dir.mkdir(exist_ok=True)
     written = []
     for source in course_notebooks(notebook_dir):
+        stored = nbformat.read(source.with_suffix(".ipynb"), as_version=4)
         target = out_dir / f"{source.stem}.ipynb"
-        jupytext.write(make_exercise(jupytext.read(source)), target, fmt="ipynb")
+        nbformat.write(make_exercise(stored, source.stem), target)
         written.append(target)
     return written
+
+
+def exercise_network(
+    model_name: str,
+    data_root: Path,
+    schedule_name: str | None = None,
+    out_dir: Path | None = None,
+    device: str = "cpu",
+    seconds: float = 45.0,
+):
+    """A briefly trained network for the exercises of a training notebook, cached.
+
+    The exercises of notebooks 13, 23 and 33 need a network that has learnt something,
+    without the lesson's ten-minute run: this trains the detector's ``cpu`` schedule
+    cut to ``seconds`` of training (batches of 8 at 256 px, the learning rate planned
+    for that time) and stores it in ``runs/exercises/<model>/``; the next call with the
+    same plan loads it in a second. On the ``ci`` schedule it trains the ``ci`` one.
+
+    Returns:
+        the detector in eval mode, on ``device``.
+    """
+    import dataclasses
+    import json
+
+    import torch
+
+    from detutils.data import CocoDetection, build_train_set, find_split
+    from detutils.engine import train
+    from detutils.engine.checkpoint import inference_state_dict, load_checkpoint
+    from detutils.engine.presets import schedules_for
+    from detutils.models import build_detector
+
+    schedule_name = schedule_name or current_schedule()
+    schedules = schedules_for(model_name)
+    if schedule_name == "ci":
+        schedule = schedules["ci"]
+    else:
+        cpu = schedules["cpu"]
+        planned = max(int(seconds / 0.25), 1)  # steps of 8 at 256 px: about 0.25 s on a laptop
+        schedule = dataclasses.replace(
+            cpu, iterations=planned, batch_size=8, img_size=256, warmup_epochs=0.05,
+            max_minutes=seconds / 60, lr_by_time=True, cache_images=False,
+        )  # fmt: skip
+    out_dir = Path(out_dir or REPO_ROOT / "runs" / "exercises" / f"{model_name}_{schedule_name}")
+    train_set = CocoDetection(*find_split(Path(data_root), "train"))
+    model = build_detector(model_name, num_classes=train_set.num_classes)
+    plan = json.dumps({"model": model_name, **schedule.to_dict()}, sort_keys=True, default=str)
+    plan_file, checkpoint = out_dir / "plan.json", out_dir / "last.pt"
+    if checkpoint.is_file() and plan_file.is_file() and plan_file.read_text() == plan:
+        state = load_checkpoint(checkpoint, model_name=model_name)
+        model.load_state_dict(inference_state_dict(state))
+        print(f"loaded the exercise network from {checkpoint.relative_to(out_dir.parents[1])}")
+    else:
+        start = time.perf_counter()
+        result = train(
+            model, build_train_set(train_set, schedule), schedule, out_dir=out_dir,
+            device=device, progress=False,
+        )  # fmt: skip
+        model = result.model
+        plan_file.write_text(plan)
+        print(
+            f"trained {result.iterations} steps of {schedule.batch_size} images at "
+            f"{schedule.img_size} px in {time.perf_counter() - start:.0f} s; stored for next time"
+        )
+    torch.set_num_threads(int(os.environ.get("DETUTILS_NUM_THREADS", "1")))
+    return model.to(device).eval()
 
 
 def run_course(build: Path, data_root: Path, schedule: str | None = None) -> Path:

@@ -48,6 +48,7 @@ import torch
 import torchvision.ops as tv_ops
 
 from detutils import boxes as box_ops
+from detutils.checks import check_close, check_function, check_passed, check_true
 from detutils.viz import draw_boxes
 
 # %% [markdown]
@@ -425,72 +426,130 @@ print(
 #
 # ## Exercises
 #
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
 # **Exercise 1.** Two boxes `(0, 0, 6, 4)` and `(3, 1, 9, 7)`: compute by hand their
-# intersection, union, IoU and GIoU, then check your numbers with `box_iou_aligned`.
+# intersection, union, IoU and GIoU; assign the last two to `iou_by_hand` and
+# `giou_by_hand` (plain numbers, no `detutils`).
 
 # %% tags=["solution"]
+iou_by_hand = giou_by_hand = None  # your two numbers
+### BEGIN SOLUTION
 # Intersection: x 3..6 = 3, y 1..4 = 3 -> 9. Areas 24 and 36: union 51.
 # Enclosing box: x 0..9, y 0..7 -> 63.
-box1, box2 = torch.tensor([[0.0, 0, 6, 4]]), torch.tensor([[3.0, 1, 9, 7]])
 iou_by_hand = 9 / 51
 giou_by_hand = 9 / 51 - (63 - 51) / 63
-torch.testing.assert_close(box_ops.box_iou_aligned(box1, box2), torch.tensor([iou_by_hand]))
-torch.testing.assert_close(
-    box_ops.box_iou_aligned(box1, box2, kind="giou"), torch.tensor([giou_by_hand])
-)
-print(f"IoU {iou_by_hand:.4f}, GIoU {giou_by_hand:.4f}")
+### END SOLUTION
+print(f"IoU {iou_by_hand}, GIoU {giou_by_hand}")
+
+# %% tags=["check"]
+box1, box2 = torch.tensor([[0.0, 0, 6, 4]]), torch.tensor([[3.0, 1, 9, 7]])
+check_close(
+    "iou_by_hand", iou_by_hand, box_ops.box_iou_aligned(box1, box2),
+    hint="IoU = intersection / union; the union counts the overlap once: 24 + 36 - 9.",
+)  # fmt: skip
+check_close(
+    "giou_by_hand", giou_by_hand, box_ops.box_iou_aligned(box1, box2, kind="giou"),
+    hint="GIoU = IoU - (C - union) / C, with C the area of the smallest box around both.",
+)  # fmt: skip
+check_passed("Exercise 1")
 
 # %% [markdown]
 # **Exercise 2.** A YOLO label file stores `class cx cy w h`, normalised. Turn the line
-# `2 0.5 0.25 0.2 0.1` of a 480 × 640 (H × W) image into an `xyxy` pixel box, then into
-# the COCO `xywh` of the annotation file; check that converting back gives the label.
+# `2 0.5 0.25 0.2 0.1` of a 480 × 640 (H × W) image into an `xyxy` pixel box
+# `pixel_box` `(1, 4)`, then into the COCO `xywh` of the annotation file, `coco_box`
+# `(1, 4)`, with the functions of `detutils.boxes`.
 
 # %% tags=["solution"]
 label = torch.tensor([[0.5, 0.25, 0.2, 0.1]])
+pixel_box = coco_box = None  # (1, 4) each
+### BEGIN SOLUTION
 pixel_box = box_ops.cxcywh_norm_to_xyxy(label, (480, 640))
 coco_box = box_ops.xyxy_to_xywh(pixel_box)
-# Centre (320, 120), size 128 x 48: corners (256, 96) and (384, 144).
-torch.testing.assert_close(pixel_box, torch.tensor([[256.0, 96.0, 384.0, 144.0]]))
-torch.testing.assert_close(coco_box, torch.tensor([[256.0, 96.0, 128.0, 48.0]]))
-torch.testing.assert_close(
-    box_ops.xyxy_to_cxcywh_norm(box_ops.xywh_to_xyxy(coco_box), (480, 640)), label
-)
-print(pixel_box.tolist(), coco_box.tolist())
+### END SOLUTION
+print(pixel_box, coco_box)
+
+# %% tags=["check"]
+# Centre (0.5 * 640, 0.25 * 480) = (320, 120), size 128 x 48: corners (256, 96), (384, 144).
+check_close(
+    "pixel_box", pixel_box, [[256.0, 96.0, 384.0, 144.0]],
+    hint="cx and w scale with the width (640), cy and h with the height (480).",
+)  # fmt: skip
+check_close(
+    "coco_box", coco_box, [[256.0, 96.0, 128.0, 48.0]],
+    hint="COCO's xywh is the top-left corner, then width and height.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+back = box_ops.xyxy_to_cxcywh_norm(box_ops.xywh_to_xyxy(torch.as_tensor(coco_box)), (480, 640))
+check_close("coco_box converted back", back, label, hint="the round trip gives the label")
+### END HIDDEN TESTS
+check_passed("Exercise 2")
 
 # %% [markdown]
 # **Exercise 3.** For two equal 20 × 20 squares sliding apart along x (as in section 3),
-# at what gap does GIoU reach −0.5? Derive it (union 800, enclosing box (40 + gap) × 20),
-# then confirm with `box_iou_aligned`.
+# at what gap `gap` (px) does GIoU reach −0.5? Derive it (union 800, enclosing box
+# (40 + gap) × 20), then confirm with `box_iou_aligned`.
 
 # %% tags=["solution"]
+gap = None  # px
+### BEGIN SOLUTION
 # GIoU = 0 - (C - 800) / C = -0.5  =>  C = 1600  =>  (40 + gap) * 20 = 1600  =>  gap = 40.
 gap = 40.0
+### END SOLUTION
+print(f"gap {gap} px")
+
+# %% tags=["check"]
+check_true(gap is not None, "`gap` is still None: assign the gap in pixels to it.")
 left = torch.tensor([[0.0, 0.0, 20.0, 20.0]])
 right = torch.tensor([[20.0 + gap, 0.0, 40.0 + gap, 20.0]])
-value = box_ops.box_iou_aligned(left, right, kind="giou")
-torch.testing.assert_close(value, torch.tensor([-0.5]))
-print(f"GIoU at a {gap:.0f} px gap: {value.item():.4f}")
+check_close(
+    "GIoU at your gap", box_ops.box_iou_aligned(left, right, kind="giou"), -0.5,
+    hint="apart, IoU is 0, so GIoU = -(C - 800) / C; solve for C, then C = (40 + gap) * 20.",
+)  # fmt: skip
+check_passed("Exercise 3")
 
 # %% [markdown]
 # **Exercise 4.** `box_iou_aligned` on a batch `(B, A, 4)` must equal `box_iou` applied
-# image by image, taking the diagonal. Check it on random boxes with `B = 2`, `A = 5`
-# for all four kinds.
+# image by image, taking the diagonal. Write `aligned_by_loop(boxes1, boxes2, kind)`
+# that computes the `(B, A)` result with a loop over images, `box_iou` and
+# `.diagonal()`; the check compares it with `box_iou_aligned` for all four kinds.
 
 # %% tags=["solution"]
+aligned_by_loop = None  # your function (boxes1 (B, A, 4), boxes2 (B, A, 4), kind) -> (B, A)
+### BEGIN SOLUTION
+
+
+def aligned_by_loop(boxes1, boxes2, kind):
+    per_image = [
+        box_ops.box_iou(b1, b2, kind=kind).diagonal()  # (A,)
+        for b1, b2 in zip(boxes1, boxes2, strict=True)
+    ]
+    return torch.stack(per_image)  # (B, A)
+
+
+### END SOLUTION
+
+# %% tags=["check"]
 generator = torch.Generator().manual_seed(1)
 corner = torch.rand(2, 5, 2, generator=generator) * 50
 batch1 = torch.cat([corner, corner + 5 + torch.rand(2, 5, 2, generator=generator) * 30], dim=-1)
 batch2 = batch1 + torch.randn(2, 5, 4, generator=generator) * 3
 for kind in box_ops.IOU_KINDS:
-    aligned = box_ops.box_iou_aligned(batch1, batch2, kind=kind)  # (2, 5)
-    per_image = torch.stack(
-        [
-            box_ops.box_iou(b1, b2, kind=kind).diagonal()
-            for b1, b2 in zip(batch1, batch2, strict=True)
-        ]
-    )
-    torch.testing.assert_close(aligned, per_image)
-print("aligned == diagonal of pairwise, for", ", ".join(box_ops.IOU_KINDS))
+    check_function(
+        "aligned_by_loop", aligned_by_loop, [(batch1, batch2, kind)],
+        lambda b1, b2, kind: box_ops.box_iou_aligned(b1, b2, kind=kind),
+        hint="box_iou(b1, b2) is (A, A): pair i with i is its diagonal; stack to (B, A).",
+    )  # fmt: skip
+### BEGIN HIDDEN TESTS
+single = batch1[:1, :1], batch2[:1, :1]
+check_function(
+    "aligned_by_loop", aligned_by_loop, [(*single, "giou")],
+    lambda b1, b2, kind: box_ops.box_iou_aligned(b1, b2, kind=kind),
+    hint="one image with one box gives a (1, 1) result",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 4")
 
 # %% [markdown]
 # ## Further reading

@@ -6,7 +6,7 @@ import torch
 
 from detutils import current_schedule
 from detutils.course import (
-    EXERCISE_STUB,
+    CODE_STUB,
     course_notebooks,
     make_exercise,
     setup,
@@ -17,24 +17,64 @@ from detutils.course import (
 def _notebook():
     nb = nbformat.v4.new_notebook()
     question = nbformat.v4.new_markdown_cell("**Exercise 1.** What is 2 + 2?")
-    answer = nbformat.v4.new_code_cell("assert 2 + 2 == 4", metadata={"tags": ["solution"]})
-    answer.outputs = [nbformat.v4.new_output("stream", text="done\n")]
+    answer = nbformat.v4.new_code_cell(
+        "answer = None\n### BEGIN SOLUTION\nanswer = 2 + 2\n### END SOLUTION\nprint(answer)",
+        metadata={"tags": ["solution"]},
+    )
+    answer.outputs = [nbformat.v4.new_output("stream", text="4\n")]
     answer.execution_count = 3
+    check = nbformat.v4.new_code_cell(
+        'check_equal("answer", answer, 4)\n### BEGIN HIDDEN TESTS\nassert answer == 4\n'
+        "### END HIDDEN TESTS\ncheck_passed('Exercise 1')",
+        metadata={"tags": ["check"]},
+    )
+    check.outputs = [nbformat.v4.new_output("stream", text="passed\n")]
+    check.execution_count = 4
     other = nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["keep"]})
-    other.execution_count = 4
-    nb.cells = [question, answer, other]
+    other.outputs = [nbformat.v4.new_output("stream", text="lesson output\n")]
+    other.execution_count = 5
+    nb.cells = [question, answer, check, other]
     return nb
 
 
-def test_exercise_stubs_solutions_and_clears_outputs():
+def test_exercise_stubs_solutions_hides_tests_and_keeps_lesson_outputs():
     nb = _notebook()
-    student = make_exercise(nb)
+    student = make_exercise(nb, "toy")
     assert student.cells[0].source == nb.cells[0].source  # statements stay
-    assert student.cells[1].source == EXERCISE_STUB
-    assert student.cells[1].metadata["tags"] == []
-    assert student.cells[2].source == "x = 1"  # ordinary code stays
-    assert all(c.outputs == [] and c.execution_count is None for c in student.cells[1:])
-    assert nb.cells[1].source == "assert 2 + 2 == 4"  # the course notebook is untouched
+    assert student.cells[1].source == f"answer = None\n{CODE_STUB}\nprint(answer)"
+    hidden_tests_gone = "check_equal(\"answer\", answer, 4)\ncheck_passed('Exercise 1')"
+    assert student.cells[2].source == hidden_tests_gone
+    assert all(c.outputs == [] and c.execution_count is None for c in student.cells[1:3])
+    assert student.cells[3].outputs == nb.cells[3].outputs  # the lesson's outputs stay
+    assert student.cells[3].execution_count == 5
+    assert student.cells[1].metadata["nbgrader"]["grade_id"] == "exercise_1"
+    assert student.cells[2].metadata["nbgrader"] == {
+        "grade": True, "grade_id": "exercise_1_check", "locked": True, "points": 1,
+        "solution": False, "schema_version": 3, "task": False,
+    }  # fmt: skip
+    assert "nbgrader" not in student.cells[3].metadata
+    assert "BEGIN SOLUTION" in nb.cells[1].source  # the course notebook is untouched
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda nb: setattr(nb.cells[1], "source", "answer = 4"), "needs '### BEGIN SOLUTION'"),
+        (lambda nb: nb.cells.pop(2), "exercise 1 has no check cell"),
+        (lambda nb: nb.cells.pop(1), "a check cell before any solution cell"),
+        (
+            lambda nb: setattr(nb.cells[2], "source", "### BEGIN HIDDEN TESTS\nx = 1"),
+            "without '### END HIDDEN TESTS'",
+        ),
+    ],
+    ids=["no-markers", "no-check", "check-first", "unclosed-hidden"],
+)
+def test_exercise_rejects_malformed_exercises_naming_the_cell(change, message):
+    nb = _notebook()
+    change(nb)
+    with pytest.raises(ValueError, match=message) as error:
+        make_exercise(nb, "toy")
+    assert "toy" in str(error.value)
 
 
 def test_course_notebooks_are_in_course_order_and_paired():
@@ -73,17 +113,6 @@ def test_stored_notebook_matches_its_source_and_was_executed(source):
     assert _cells(stored) == _cells(jupytext.read(source)), "run `make refresh NB=...`"
     code = [c for c in stored.cells if c.cell_type == "code"]
     assert all(c.execution_count is not None for c in code), "stored without outputs"
-
-
-@pytest.mark.parametrize("source", course_notebooks(), ids=lambda p: p.stem)
-def test_student_version_is_up_to_date(source):
-    jupytext = pytest.importorskip("jupytext")
-    student = source.parent / "exercises" / f"{source.stem}.ipynb"
-    assert student.is_file(), "run `make exercises`"
-    expected = make_exercise(jupytext.read(source))
-    assert _cells(nbformat.read(student, as_version=4)) == _cells(expected)
-    tagged = [c for c in jupytext.read(source).cells if "solution" in c.metadata.get("tags", [])]
-    assert len(tagged) >= 3, "each notebook has at least three exercises"
 
 
 def test_training_notebooks_store_a_cpu_run():
