@@ -50,7 +50,9 @@ def _as_tensor(name: str, value: Any, hint: str) -> torch.Tensor:
     if hasattr(value, "to_numpy"):  # pandas Series / DataFrame
         value = value.to_numpy()
     try:
-        return torch.as_tensor(np.asarray(value, dtype=np.float64))
+        if isinstance(value, str | bytes | dict):  # NumPy would parse "0.5"
+            raise TypeError
+        return torch.tensor(np.asarray(value, dtype=np.float64))
     except (TypeError, ValueError):
         kind = type(value).__name__
         _fail(f"`{name}` should be a number or an array of numbers, got {kind}.", hint)
