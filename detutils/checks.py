@@ -114,6 +114,22 @@ def _exact(value: Any) -> torch.Tensor:
     return torch.as_tensor(np.asarray(value))
 
 
+def _kind(expected: Any) -> str:
+    if isinstance(expected, torch.Tensor | np.ndarray):
+        return f"a tensor of shape {tuple(expected.shape)}"
+    if isinstance(expected, bool):
+        return "True or False"
+    if isinstance(expected, int | np.integer):
+        return "an integer"
+    if isinstance(expected, float | np.floating):
+        return "a number"
+    if isinstance(expected, str):
+        return "a string"
+    if isinstance(expected, tuple | list):
+        return f"a {type(expected).__name__} of {len(expected)} items"
+    return f"a {type(expected).__name__}"
+
+
 def check_equal(name: str, value: Any, expected: Any, *, hint: str = "") -> None:
     """``value == expected`` exactly (integers, strings, booleans, tuples, sets, ...).
 
@@ -122,7 +138,7 @@ def check_equal(name: str, value: Any, expected: Any, *, hint: str = "") -> None
     Raises:
         CheckFailed: ``value`` is None or differs from ``expected``.
     """
-    _require(name, value, f"a value like {expected!r}", hint)
+    _require(name, value, _kind(expected), hint)  # its type, never the expected value
     if isinstance(expected, torch.Tensor | np.ndarray):
         got, want = _exact(value), _exact(expected)
         if got.shape != want.shape:

@@ -54,6 +54,7 @@ from torchvision import tv_tensors
 
 from detutils import SCHEDULES, current_schedule
 from detutils import boxes as box_ops
+from detutils.checks import check_close, check_equal, check_passed, check_true
 from detutils.data import (
     CLASS_NAMES,
     CocoDetection,
@@ -371,7 +372,7 @@ plt.show()
 
 # %% [markdown]
 # With transforms, the dataset yields squares, and `collate` stacks them into a
-# batch `(B, 3, S, S)` plus a list of `B` target dicts (each image has its own number
+# batch `(B, 3, 256, 256)` plus a list of B target dicts (each image has its own number
 # of boxes, so targets stay a list):
 
 # %%
@@ -452,52 +453,181 @@ assert [i["id"] for i in again["images"]] == [i["id"] for i in small["images"]]
 #
 # ## Exercises
 #
-# **Exercise 1.** Which class has the largest share of *small* objects in the
-# training split? Compute the fraction of small objects per class with pandas and
-# check that the per-class counts add up to the number of small objects.
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
+# **Exercise 1.** Which class has the largest share of *small* objects (area < 32² px)
+# in the training split? With pandas and the `annotations` table above, assign
+# `small_share`, a Series indexed by class name holding the fraction of that class's
+# objects that are small; `small_counts`, a Series indexed by class name holding the
+# number of small objects (together they must add up to all the small objects); and
+# `most_small`, the name (a `str`) of the class with the largest share.
 
 # %% tags=["solution"]
-small_objects = annotations["area"] < 32**2
-share = small_objects.groupby(annotations["class"]).mean().sort_values(ascending=False)
-counts = small_objects.groupby(annotations["class"]).sum()
-assert counts.sum() == small_objects.sum()
-print(share.round(4).to_string())
-print("largest share of small objects:", share.index[0])
+small_share = small_counts = None  # pandas Series each: class name -> fraction, count
+most_small = None  # str, a class name
+### BEGIN SOLUTION
+is_small = annotations["area"] < 32**2  # one boolean per annotation
+small_share = is_small.groupby(annotations["class"]).mean().sort_values(ascending=False)
+small_counts = is_small.groupby(annotations["class"]).sum()
+most_small = small_share.idxmax()
+### END SOLUTION
+print(small_share if small_share is None else small_share.round(4).to_string())
+print("largest share of small objects:", most_small)
+
+# %% tags=["check"]
+# Counted from the annotation file itself, one annotation at a time.
+category_name = {c["id"]: c["name"] for c in coco.dataset["categories"]}
+small_by_class = dict.fromkeys(CLASS_NAMES, 0)
+all_by_class = dict.fromkeys(CLASS_NAMES, 0)
+for ann in coco.dataset["annotations"]:
+    all_by_class[category_name[ann["category_id"]]] += 1
+    small_by_class[category_name[ann["category_id"]]] += int(ann["area"] < 32**2)
+expected_share = {n: small_by_class[n] / all_by_class[n] for n in CLASS_NAMES}
+check_true(
+    isinstance(small_share, pd.Series) and sorted(small_share.index) == sorted(CLASS_NAMES),
+    f"`small_share` should be a pandas Series with one value per class {list(CLASS_NAMES)}; "
+    f"got {type(small_share).__name__}.",
+    hint='group the booleans `annotations["area"] < 32**2` by `annotations["class"]`; '
+    "the mean of booleans is the fraction of True.",
+)  # fmt: skip
+check_close(
+    "small_share (in the order of CLASS_NAMES)", small_share.reindex(list(CLASS_NAMES)).tolist(),
+    list(expected_share.values()),
+    hint="a fraction per class: its small objects divided by all its objects, in [0, 1].",
+)  # fmt: skip
+check_true(
+    isinstance(most_small, str),
+    f"`most_small` should be a class name (a str); got {type(most_small).__name__}.",
+    hint="the index label of the largest value of `small_share`: `small_share.idxmax()`.",
+)  # fmt: skip
+check_equal(
+    "most_small", most_small, max(expected_share, key=expected_share.get),
+    hint="the class name whose share is the largest: `small_share.idxmax()`.",
+)  # fmt: skip
+check_true(
+    isinstance(small_counts, pd.Series),
+    f"`small_counts` should be a pandas Series of counts per class; "
+    f"got {type(small_counts).__name__}.",
+    hint="the same grouping as for the share, with `.sum()` instead of `.mean()`.",
+)  # fmt: skip
+check_equal(
+    "small_counts.sum()", int(small_counts.sum()), sum(small_by_class.values()),
+    hint="every annotation with area < 32**2 counts once, in its own class.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_close(
+    "small_counts (in the order of CLASS_NAMES)", small_counts.reindex(list(CLASS_NAMES)).tolist(),
+    [small_by_class[n] for n in CLASS_NAMES], hint="the number of small objects of each class",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 1")
 
 # %% [markdown]
 # **Exercise 2.** A detector's output on the letterboxed square must be turned into
 # COCO results for the evaluator: `xyxy` on the square → `xyxy` on the file →
-# `[x, y, w, h]` with the category id. Do it for the targets of the first batch of
-# `loader` above, and check that you get back the annotation file's boxes.
+# `[x, y, w, h]` with the category id. Write `to_coco_results(target,
+# label_to_cat_id)`: from one target dict of `loader` (`boxes` `(M, 4)` on the square,
+# `labels` `(M,)`, `scale`, `pad`, `image_id`) it returns a list of M dicts
+# `{"image_id": ..., "category_id": ..., "bbox": [x, y, w, h]}`, the box in pixels of
+# the file, where `label_to_cat_id[label]` is the category id of a label. The check
+# applies it to the targets of the first batch of `loader` above and compares with the
+# annotation file's boxes.
 
 # %% tags=["solution"]
-for target in targets:
-    file_boxes = undo_letterbox(target["boxes"], target["scale"], target["pad"])
-    results = [
+to_coco_results = None  # your function (target dict, label_to_cat_id list) -> list of M dicts
+### BEGIN SOLUTION
+
+
+def to_coco_results(target, label_to_cat_id):
+    file_boxes = undo_letterbox(target["boxes"], target["scale"], target["pad"])  # (M, 4)
+    return [
         {
             "image_id": target["image_id"],
-            "category_id": val_set.label_to_cat_id[label],
+            "category_id": label_to_cat_id[label],
             "bbox": box_ops.xyxy_to_xywh(box).tolist(),
         }
         for box, label in zip(file_boxes, target["labels"].tolist(), strict=True)
     ]
-    anns = val_set.coco.loadAnns(val_set.coco.getAnnIds(imgIds=[target["image_id"]]))
-    torch.testing.assert_close(
-        torch.tensor([r["bbox"] for r in results]),
-        torch.tensor([a["bbox"] for a in anns], dtype=torch.float32),
-        atol=1e-4,
-        rtol=0,
-    )
-    assert [r["category_id"] for r in results] == [a["category_id"] for a in anns]
-print(f"{len(targets)} images: boxes and category ids match the annotation file")
+
+
+### END SOLUTION
+
+# %% tags=["check"]
+check_true(
+    callable(to_coco_results),
+    "`to_coco_results` should be a function (target, label_to_cat_id) -> list of dicts; "
+    f"got {type(to_coco_results).__name__}.",
+    hint="undo_letterbox(target['boxes'], target['scale'], target['pad']) gives the file's "
+    "xyxy boxes; box_ops.xyxy_to_xywh turns them into COCO's [x, y, w, h].",
+)  # fmt: skip
+for batch_target in targets:
+    image_id = batch_target["image_id"]
+    results = to_coco_results(batch_target, val_set.label_to_cat_id)
+    anns = val_set.coco.loadAnns(val_set.coco.getAnnIds(imgIds=[image_id]))
+    anns = [a for a in anns if not a["iscrowd"]]  # crowd boxes never become targets
+    check_true(
+        isinstance(results, list) and len(results) == len(anns)
+        and all(isinstance(r, dict) and {"image_id", "category_id", "bbox"} <= r.keys()
+                for r in results),
+        f"image {image_id}: expected a list of {len(anns)} dicts with the keys image_id, "
+        f"category_id and bbox, one per box of the target; got {results!r:.120}",
+        hint="one dict per row of target['boxes'], in the same order.",
+    )  # fmt: skip
+    check_equal(
+        f"the image ids of image {image_id}", [r["image_id"] for r in results],
+        [image_id] * len(anns), hint="every result of a target carries its target['image_id'].",
+    )  # fmt: skip
+    check_equal(
+        f"the category ids of image {image_id}", [r["category_id"] for r in results],
+        [a["category_id"] for a in anns],
+        hint="labels are 0 .. C-1; the file's category ids are label_to_cat_id[label].",
+    )  # fmt: skip
+    check_close(
+        f"the bboxes of image {image_id}", [r["bbox"] for r in results],
+        [a["bbox"] for a in anns], rtol=0, atol=1e-3,
+        hint="first (box - [left, top, left, top]) / scale, then w = x2 - x1, h = y2 - y1.",
+    )  # fmt: skip
+### BEGIN HIDDEN TESTS
+# A 640 x 480 file letterboxed to 320 (exercise 3): scale 0.5, 40 rows of padding on top.
+padded = {
+    "boxes": torch.tensor([[32.0, 64.0, 288.0, 256.0]]),
+    "labels": torch.tensor([2]),
+    "scale": 0.5,
+    "pad": torch.tensor([0.0, 40.0]),
+    "image_id": 7,
+}
+padded_results = to_coco_results(padded, [1, 2, 3, 4, 5, 6])
+check_close(
+    "the bbox of a padded square", padded_results[0]["bbox"], [64.0, 48.0, 512.0, 384.0],
+    hint="subtract the padding (left, top) before dividing by the scale.",
+)  # fmt: skip
+check_equal("its category id", padded_results[0]["category_id"], 3, hint="label 2 -> id 3")
+### END HIDDEN TESTS
+check_passed("Exercise 2")
 
 # %% [markdown]
 # **Exercise 3.** A COCO image is 640 × 480 (W × H). Letterboxed to 320, what are the
-# scale, the resized size and the padding (left, top)? Work it out, then check with
-# `Letterbox(320)` on a blank image with one box `(64, 48, 576, 432)`.
+# scale, the resized size and the padding (left, top)? Work them out by hand and assign
+# `scale_by_hand` (a number), `resized_wh` (width, height) and `pad_by_hand`
+# (left, top), then `square_box` `(1, 4)`: where the box `(64, 48, 576, 432)` of the
+# file lands on the square. The check runs `Letterbox(320)` on a blank 640 × 480 image
+# with that box.
 
 # %% tags=["solution"]
+scale_by_hand = None  # a number
+resized_wh = pad_by_hand = None  # two numbers each: (width, height) and (left, top)
+square_box = None  # (1, 4) xyxy on the square
+### BEGIN SOLUTION
 # Longer side 640 -> 320: scale 0.5, resized to 320 x 240, (320 - 240) / 2 = 40 rows on top.
+scale_by_hand = 0.5
+resized_wh = (320, 240)
+pad_by_hand = (0, 40)
+square_box = [[64 * 0.5, 48 * 0.5 + 40, 576 * 0.5, 432 * 0.5 + 40]]  # x s + left, y s + top
+### END SOLUTION
+print(f"scale {scale_by_hand}, resized {resized_wh}, pad {pad_by_hand}, box {square_box}")
+
+# %% tags=["check"]
 blank = tv_tensors.Image(torch.zeros(3, 480, 640))
 one_box = {
     "boxes": tv_tensors.BoundingBoxes(
@@ -506,29 +636,80 @@ one_box = {
     "labels": torch.tensor([0]),
 }
 square, square_target = Letterbox(320)(blank, one_box)
-assert square.shape == (3, 320, 320)
-assert square_target["scale"] == 0.5 and square_target["pad"].tolist() == [0.0, 40.0]
-expected = torch.tensor([[32.0, 64.0, 288.0, 256.0]])  # x * 0.5, y * 0.5 + 40
-torch.testing.assert_close(square_target["boxes"].as_subclass(torch.Tensor), expected)
-print(square_target["boxes"].as_subclass(torch.Tensor).tolist())
+resized = square[0] == 0  # (320, 320): True on the image, False on the grey padding
+check_close(
+    "scale_by_hand", scale_by_hand, square_target["scale"],
+    hint="the longer side, 640, must fit into 320.",
+)  # fmt: skip
+check_close(
+    "resized_wh", resized_wh, [resized.any(dim=0).sum(), resized.any(dim=1).sum()],
+    hint="both sides times the scale, (width, height).",
+)  # fmt: skip
+check_close(
+    "pad_by_hand", pad_by_hand, square_target["pad"],
+    hint="the 320 - 240 spare rows are split equally above and below; no column is spare.",
+)  # fmt: skip
+check_close(
+    "square_box", square_box, square_target["boxes"].as_subclass(torch.Tensor),
+    hint="x * scale + left and y * scale + top, for both corners.",
+)  # fmt: skip
+check_passed("Exercise 3")
 
 # %% [markdown]
-# **Exercise 4.** Cut a validation subset of 20 images holding a `triangle` or a
-# `hexagon` with `subset_coco`, and check that every kept image has at least one
-# non-crowd annotation of those classes, and that a different seed picks different
-# images.
+# **Exercise 4.** With `subset_coco`, cut from the validation split `val_coco` a subset
+# `chosen` of 20 images holding a `triangle` or a `hexagon` (seed 0), and the same with
+# seed 1, `other`. The check verifies that every kept image has at least one non-crowd
+# annotation of those classes, that only those classes are kept, and that the other
+# seed picks other images.
 
 # %% tags=["solution"]
-val_coco = val_set.coco.dataset
+val_coco = val_set.coco.dataset  # the validation split's COCO dict
+chosen = other = None  # COCO dicts (images, annotations, categories)
+### BEGIN SOLUTION
 chosen = subset_coco(val_coco, ["triangle", "hexagon"], num_images=20, seed=0)
-kept_ids = {c["id"] for c in chosen["categories"]}
-holding = {a["image_id"] for a in chosen["annotations"] if not a["iscrowd"]}
-assert len(chosen["images"]) == 20
-assert all(image["id"] in holding for image in chosen["images"])
-assert {a["category_id"] for a in chosen["annotations"]} <= kept_ids
 other = subset_coco(val_coco, ["triangle", "hexagon"], num_images=20, seed=1)
-assert [i["id"] for i in other["images"]] != [i["id"] for i in chosen["images"]]
-print(f"20 images, {len(chosen['annotations'])} annotations of {sorted(kept_ids)}")
+### END SOLUTION
+if chosen is not None:
+    print(f"{len(chosen['images'])} images, {len(chosen['annotations'])} annotations")
+
+# %% tags=["check"]
+wanted = {c["id"] for c in val_coco["categories"] if c["name"] in ("triangle", "hexagon")}
+holding = {a["image_id"] for a in val_coco["annotations"]
+           if a["category_id"] in wanted and not a["iscrowd"]}  # fmt: skip
+subset_hint = 'subset_coco(val_coco, ["triangle", "hexagon"], num_images=20, seed=...)'
+for name, subset in (("chosen", chosen), ("other", other)):
+    check_true(
+        isinstance(subset, dict) and {"images", "annotations", "categories"} <= subset.keys(),
+        f"`{name}` should be a COCO dict with images, annotations and categories; "
+        f"got {type(subset).__name__}.",
+        hint=subset_hint,
+    )  # fmt: skip
+    check_equal(f"the number of images of {name}", len(subset["images"]), 20, hint=subset_hint)
+    check_true(
+        all(image["id"] in holding for image in subset["images"]),
+        f"`{name}` keeps an image without a non-crowd triangle or hexagon.",
+        hint="pass the class names as the categories spell them: 'triangle', 'hexagon'.",
+    )  # fmt: skip
+    check_true(
+        {a["category_id"] for a in subset["annotations"]} <= wanted,
+        f"`{name}` keeps annotations of classes other than triangle and hexagon "
+        f"(category ids {sorted(wanted)}).",
+        hint="subset_coco keeps only the chosen categories.",
+    )  # fmt: skip
+check_true(
+    [i["id"] for i in other["images"]] != [i["id"] for i in chosen["images"]],
+    "`other` holds the same images as `chosen`: give it another seed.",
+    hint="seed=0 for chosen, seed=1 for other.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+reference = subset_coco(val_coco, ["triangle", "hexagon"], num_images=20, seed=0)
+check_equal(
+    "the image ids of chosen", [i["id"] for i in chosen["images"]],
+    [i["id"] for i in reference["images"]],
+    hint="seed 0 on the validation split",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 4")
 
 # %% [markdown]
 # ## Further reading

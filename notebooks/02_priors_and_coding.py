@@ -49,6 +49,7 @@ import torch
 
 from detutils import boxes as box_ops
 from detutils import coders, priors
+from detutils.checks import check_close, check_equal, check_passed, check_true
 from detutils.data.shapes import CLASS_NAMES, render_sample
 from detutils.viz import draw_boxes, draw_priors
 
@@ -442,26 +443,55 @@ print("l, t, r, b:", as_text(coders.dfl_distances(head_output)[0]))
 #
 # ## Exercises
 #
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
 # **Exercise 1.** How many priors do YOLOv8 (strides 8, 16, 32, one point per cell)
-# and Faster R-CNN's RPN (strides 4 to 64, three anchors per location) have for a
-# 640 × 640 input? Compute them with `num_priors_per_level` and check by hand.
+# and Faster R-CNN's RPN (strides 4 to 64, K = 3 anchors per location) have for a
+# 640 × 640 input? Compute them with `num_priors_per_level` and assign the totals A to
+# `yolo_count` and `rpn_count` (integers); check them by hand.
 
 # %% tags=["solution"]
+yolo_count = rpn_count = None  # int each: A for a 640 x 640 input
+### BEGIN SOLUTION
 yolo_sizes = [(640 // s, 640 // s) for s in (8, 16, 32)]
 rpn_640 = [(640 // s, 640 // s) for s in (4, 8, 16, 32, 64)]
 yolo_count = sum(priors.num_priors_per_level(yolo_sizes))
 rpn_count = sum(priors.num_priors_per_level(rpn_640, priors_per_location=3))
-assert yolo_count == 80 * 80 + 40 * 40 + 20 * 20 == 8400
-assert rpn_count == 3 * (160**2 + 80**2 + 40**2 + 20**2 + 10**2) == 102300
+### END SOLUTION
 print(f"YOLOv8: {yolo_count}, RPN: {rpn_count}")
+
+# %% tags=["check"]
+for name, count in (("yolo_count", yolo_count), ("rpn_count", rpn_count)):
+    check_true(
+        count is not None,
+        f"`{name}` is still None: assign the number of priors A (an integer) to it.",
+        hint="sum(priors.num_priors_per_level(sizes, priors_per_location=K)), with sizes "
+        "the (H, W) of each level: 640 // s.",
+    )  # fmt: skip
+check_equal(
+    "yolo_count", yolo_count, 80 * 80 + 40 * 40 + 20 * 20,
+    hint="one prior per cell; a 640-pixel input gives 80 x 80 cells at stride 8, "
+    "40 x 40 at 16 and 20 x 20 at 32.",
+)  # fmt: skip
+check_equal(
+    "rpn_count", rpn_count, 3 * (160**2 + 80**2 + 40**2 + 20**2 + 10**2),
+    hint="K = 3 anchors on each of 160 x 160, 80 x 80, ..., 10 x 10 cells: pass "
+    "priors_per_location=3 to num_priors_per_level.",
+)  # fmt: skip
+check_passed("Exercise 1")
 
 # %% [markdown]
 # **Exercise 2.** Write the inverse of the flat index: `locate_prior(index,
-# feature_sizes)` returns `(level, y, x)`. Check it on all 2100 priors of the
-# 320-pixel input.
-
+# feature_sizes)` returns `(level, y, x)` (three integers) for one prior per cell,
+# `feature_sizes` being the list of `(H, W)` per level. The check runs it on all 2100
+# priors of the 320-pixel input.
 
 # %% tags=["solution"]
+locate_prior = None  # your function (index, feature_sizes) -> (level, y, x)
+### BEGIN SOLUTION
+
+
 def locate_prior(index, feature_sizes):
     counts = priors.num_priors_per_level(feature_sizes)
     for level, (offset, count) in enumerate(zip(priors.level_offsets(counts), counts, strict=True)):
@@ -471,34 +501,135 @@ def locate_prior(index, feature_sizes):
     raise ValueError(f"index {index} is past the last prior")
 
 
-for index in range(2100):
-    assert priors.flat_prior_index(*locate_prior(index, feature_sizes), feature_sizes) == index
-print("prior 1643 is (level, y, x) =", locate_prior(1643, feature_sizes))
+### END SOLUTION
+if locate_prior is not None:
+    print("prior 1643 is (level, y, x) =", locate_prior(1643, feature_sizes))
+
+
+# %% tags=["check"]
+def expected_locations(sizes):
+    """(level, y, x) of every prior, placed at the index detutils gives it."""
+    table = {}
+    for level, (height, width) in enumerate(sizes):
+        for y in range(height):
+            for x in range(width):
+                table[priors.flat_prior_index(level, y, x, sizes)] = (level, y, x)
+    return [table[index] for index in range(len(table))]
+
+
+locate_hint = (
+    "find the level whose range [offset, offset + H W) holds the index; then "
+    "index - offset = y W + x, so y = (index - offset) // W and x = (index - offset) % W."
+)
+check_true(
+    callable(locate_prior),
+    f"`locate_prior` should be a function (index, feature_sizes) -> (level, y, x); "
+    f"got {type(locate_prior).__name__}.",
+    hint=locate_hint,
+)  # fmt: skip
+for index, expected in enumerate(expected_locations(feature_sizes)):
+    check_equal(
+        f"locate_prior({index}, feature_sizes)", tuple(locate_prior(index, feature_sizes)),
+        expected, hint=locate_hint,
+    )  # fmt: skip
+### BEGIN HIDDEN TESTS
+wide_sizes = [(4, 6), (2, 3), (1, 2)]  # H != W: a swapped H and W shows here
+for index, expected in enumerate(expected_locations(wide_sizes)):
+    check_equal(
+        f"locate_prior({index}, {wide_sizes})", tuple(locate_prior(index, wide_sizes)),
+        expected, hint="feature sizes are (H, W): a row holds W priors",
+    )  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 2")
 
 # %% [markdown]
 # **Exercise 3.** Faster R-CNN's RoI head encodes its targets with
-# `stds = (0.1, 0.1, 0.2, 0.2)`. Encode the box of section 7.2 against the same anchor
-# with these stds: how do the deltas compare with the plain ones? Decode them back.
+# `stds = (0.1, 0.1, 0.2, 0.2)`. Encode the box `gt` of section 7.2 against the same
+# `anchor` with these stds, `scaled` `(1, 4)`; divide by the plain `deltas` of section
+# 7.2 to see how they compare, `ratio` `(1, 4)`; and decode `scaled` back into a box,
+# `decoded` `(1, 4)`.
 
 # %% tags=["solution"]
 roi_stds = (0.1, 0.1, 0.2, 0.2)
+scaled = ratio = decoded = None  # (1, 4) each
+### BEGIN SOLUTION
 scaled = coders.encode_delta_xywh(anchor, gt, stds=roi_stds)
-torch.testing.assert_close(scaled, deltas / torch.tensor(roi_stds))  # 10x and 5x larger
-torch.testing.assert_close(coders.decode_delta_xywh(anchor, scaled, stds=roi_stds), gt)
-print("RoI-head deltas:", as_text(scaled[0]))
+ratio = scaled / deltas  # 10x for dx, dy; 5x for dw, dh
+decoded = coders.decode_delta_xywh(anchor, scaled, stds=roi_stds)
+### END SOLUTION
+if scaled is not None:
+    print("RoI-head deltas:", as_text(scaled[0]))
+
+# %% tags=["check"]
+# The deltas written out: centre shift in anchor sizes, log of the size ratio, / stds.
+anchor_center, anchor_size = (anchor[:, :2] + anchor[:, 2:]) / 2, anchor[:, 2:] - anchor[:, :2]
+gt_size = gt[:, 2:] - gt[:, :2]
+by_formula = torch.cat(
+    [(gt_center - anchor_center) / anchor_size, torch.log(gt_size / anchor_size)], dim=1
+) / torch.tensor(roi_stds)  # (1, 4)
+check_close(
+    "scaled", scaled, by_formula,
+    hint="encode_delta_xywh(anchor, gt, stds=roi_stds): each delta divided by its std.",
+)  # fmt: skip
+check_close(
+    "ratio", ratio, [[10.0, 10.0, 5.0, 5.0]],
+    hint="dividing by 0.1 makes dx, dy 10 times larger, by 0.2 makes dw, dh 5 times larger.",
+)  # fmt: skip
+check_close(
+    "decoded", decoded, gt,
+    hint="decode_delta_xywh(anchor, scaled, stds=roi_stds): decode with the stds you encoded with.",
+)  # fmt: skip
+check_passed("Exercise 3")
 
 # %% [markdown]
-# **Exercise 4.** Build logits over 16 bins whose DFL integral is 7.25, using only two
-# neighbouring bins, and check with `dfl_integral`. Then show that adding the same
-# constant to every logit leaves the integral unchanged.
+# **Exercise 4.** Build `exercise_logits` `(R + 1,)` = `(16,)`, logits over 16 bins whose
+# DFL integral is 7.25, using only two neighbouring bins (the others get probability 0,
+# or a logit of `log(1e-12)`). Then add the same constant to every logit and assign the
+# integral of the shifted logits to `shifted_integral` (a number): is it unchanged?
 
 # %% tags=["solution"]
+exercise_logits = None  # (16,)
+shifted_integral = None  # a number
+### BEGIN SOLUTION
 target_bins = torch.zeros(16)
 target_bins[7], target_bins[8] = 0.75, 0.25  # 7 * 0.75 + 8 * 0.25 = 7.25
 exercise_logits = torch.log(target_bins.clamp(min=1e-12))
-torch.testing.assert_close(coders.dfl_integral(exercise_logits), torch.tensor(7.25))
-torch.testing.assert_close(coders.dfl_integral(exercise_logits + 3.0), torch.tensor(7.25))
-print(f"integral {coders.dfl_integral(exercise_logits).item():.4f}")
+shifted_integral = coders.dfl_integral(exercise_logits + 3.0)
+### END SOLUTION
+print("integral of the shifted logits:", shifted_integral)
+
+# %% tags=["check"]
+check_true(
+    isinstance(exercise_logits, torch.Tensor) and exercise_logits.shape == (16,),
+    "`exercise_logits` should be a tensor of shape (16,), one logit per bin; got "
+    + (f"shape {tuple(exercise_logits.shape)}." if isinstance(exercise_logits, torch.Tensor)
+       else f"{type(exercise_logits).__name__}."),
+    hint="start from probabilities: torch.zeros(16), two neighbouring bins set, then "
+    "torch.log(probabilities.clamp(min=1e-12)).",
+)  # fmt: skip
+bin_weights = torch.softmax(exercise_logits.double(), dim=0)  # (16,)
+used_bins = (bin_weights > 1e-6).nonzero().flatten().tolist()
+check_true(
+    len(used_bins) == 2 and used_bins[1] == used_bins[0] + 1,
+    f"the softmax of `exercise_logits` puts weight on the bins {used_bins}; expected "
+    "exactly two neighbouring bins.",
+    hint="7.25 lies between bins 7 and 8; every other bin needs a very low logit.",
+)  # fmt: skip
+check_close(
+    "dfl_integral(exercise_logits)", coders.dfl_integral(exercise_logits), 7.25,
+    hint="with weights p on bin n and 1 - p on bin n + 1 the integral is n + 1 - p.",
+)  # fmt: skip
+check_close(
+    "shifted_integral", shifted_integral, 7.25,
+    hint="softmax(z + c) = softmax(z): the constant cancels, so the integral is unchanged.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_close(
+    "the weights of bins 7 and 8", bin_weights[7:9], [0.75, 0.25], atol=1e-6,
+    hint="7.25 = 7 * 0.75 + 8 * 0.25",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 4")
 
 # %% [markdown]
 # ## Further reading

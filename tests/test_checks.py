@@ -63,8 +63,11 @@ def test_equal_exact_values_and_tensors():
         check_equal("labels", torch.tensor([-1, 0, 1]), torch.tensor([-1, 0, 2]))
     with pytest.raises(CheckFailed, match=r"has shape \(2,\); expected \(3,\)"):
         check_equal("labels", np.array([1, 2]), torch.tensor([1, 2, 3]))
-    with pytest.raises(CheckFailed, match="still None"):
+    with pytest.raises(CheckFailed, match="`n` is still None: assign an integer to it") as error:
         check_equal("n", None, 8400)
+    assert "8400" not in str(error.value)  # the message never gives the answer away
+    with pytest.raises(CheckFailed, match=r"assign a tuple of 4 items to it"):
+        check_equal("cell", None, (0, 3, 5, 1))
 
 
 def test_true_and_function():
