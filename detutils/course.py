@@ -148,6 +148,23 @@ def _stable_ids(nb) -> None:
         cell.id = f"cell-{index:03d}"
 
 
+def _drop_widget_state(nb) -> None:
+    """Keep a slider cell's text, not its widget: the state would churn every stored file.
+
+    A widget lives only in a running kernel; its stored view would show nothing but a
+    model id drawn anew on each run, so only its text rendering is kept.
+    """
+    nb.metadata.pop("widgets", None)
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
+        cell["outputs"] = (
+            [o for o in cell.get("outputs", []) if o.output_type != "display_data" or o.data]
+            if cell.cell_type == "code"
+            else cell.get("outputs", [])
+        )
+
+
 def stored_schedule(source: Path) -> str:
     """The schedule whose outputs a notebook stores: ``cpu`` for training notebooks.
 
@@ -181,6 +198,7 @@ def refresh_notebook(
     env = {"DETUTILS_SCHEDULE": schedule, "DETUTILS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     _execute(nb, source.parent, timeout, env)
     add_grading_metadata(nb, source.stem)
+    _drop_widget_state(nb)
     _stable_ids(nb)
     target = source.with_suffix(".ipynb")
     jupytext.write(nb, target, fmt="ipynb")

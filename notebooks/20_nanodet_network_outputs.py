@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torchvision.models.shufflenetv2 import channel_shuffle
 
 from detutils import boxes as box_ops
+from detutils.checks import check_close, check_equal, check_passed, check_true
 from detutils.coders import dfl_distances, dfl_integral
 from detutils.data.shapes import CLASS_NAMES, render_sample
 from detutils.models.nanodet import NanoDet, NanoDetConfig, build_nanodet_m
@@ -158,7 +159,7 @@ assert model.backbone.out_channels == (116, 232, 464)
 # halves, leaves the first half alone, runs the second through a 1 × 1 conv, a 3 × 3
 # *depthwise* conv (one filter per channel) and another 1 × 1 conv, and concatenates
 # the halves again. Left like that, the first half would never meet a conv; so the
-# block ends with a *channel shuffle*: view the `C` channels as a 2 × `C/2` grid,
+# block ends with a *channel shuffle*: view the n channels as a 2 × n/2 grid,
 # transpose it, and read it row by row, which interleaves the two halves. (A stride-2
 # block sends the whole input through two branches, one per half of the output.)
 # The shuffle, on eight numbered channels:
@@ -166,9 +167,9 @@ assert model.backbone.out_channels == (116, 232, 464)
 
 # %%
 def shuffle_inline(x, groups):
-    """(B, C, H, W) -> (B, C, H, W), channels interleaved across the groups."""
+    """(B, n, H, W) -> (B, n, H, W), the n channels interleaved across the groups."""
     batch, channels, height, width = x.shape
-    x = x.view(batch, groups, channels // groups, height, width)  # (B, g, C / g, H, W)
+    x = x.view(batch, groups, channels // groups, height, width)  # (B, groups, n / groups, H, W)
     return x.transpose(1, 2).reshape(batch, channels, height, width)
 
 
@@ -229,7 +230,8 @@ print(f"neck: {neck_by_hand:,} parameters")
 # depthwise-separable convs, each a 3 × 3 depthwise conv and a 1 × 1 conv with batch
 # norm and LeakyReLU, then one 1 × 1 conv with `C + 4 (R + 1) = 80 + 32 = 112`
 # outputs. The first 80 channels are the class logits; the other 32 are the box,
-# as four distributions of R + 1 = 8 bins. (The GFL paper's head has separate
+# as four distributions of R + 1 = 8 bins, numbered 0 to R: R = 7 is the last bin,
+# the config field `reg_max` of section 1. (The GFL paper's head has separate
 # towers for classes and boxes; NanoDet-m shares one, `share_cls_reg`.) The traced
 # head:
 
@@ -437,60 +439,160 @@ assert len(detections[0]["boxes"]) == 0  # every probability is 0.01 < 0.05
 #
 # ## Exercises
 #
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
 # **Exercise 1.** Count the head's parameters by hand: per level, two
 # depthwise-separable convs (3 × 3 depthwise on 96 channels and 1 × 1 from 96 to 96,
 # no bias, each followed by a batch norm whose weight and bias count) and the 1 × 1
-# output conv to 112 channels with bias. Check against `model.head`.
+# output conv to 112 channels with bias. Assign the count of one level,
+# `per_level_by_hand`, and of the whole head, `head_by_hand` (two ints), as arithmetic
+# on these numbers, without `count_parameters`; the check counts `model.head`.
 
 # %% tags=["solution"]
+per_level_by_hand = head_by_hand = None  # int each
+### BEGIN SOLUTION
 separable = (96 * 3 * 3 + 2 * 96) + (96 * 96 + 2 * 96)  # depthwise + BN, pointwise + BN
 output_conv = 96 * 112 + 112
-head_by_hand = 3 * (2 * separable + output_conv)
-assert count_parameters(model.head) == head_by_hand == 95_376
-print(f"per level: {2 * separable + output_conv:,}; head: {head_by_hand:,}")
+per_level_by_hand = 2 * separable + output_conv
+head_by_hand = 3 * per_level_by_hand
+### END SOLUTION
+print(f"per level: {per_level_by_hand}; head: {head_by_hand}")
+
+# %% tags=["check"]
+check_equal(
+    "per_level_by_hand", per_level_by_hand,
+    count_parameters(model.head.cls_convs[0]) + count_parameters(model.head.gfl_cls[0]),
+    hint="a separable conv is 96 * 3 * 3 (depthwise) + 2 * 96 (its BN) + 96 * 96 "
+    "(pointwise) + 2 * 96 (its BN); a level has two, plus the output conv 96 * 112 + 112.",
+)  # fmt: skip
+check_equal(
+    "head_by_hand", head_by_hand, count_parameters(model.head),
+    hint="the three levels have a tower and an output conv each, with nothing shared: "
+    "three times one level.",
+)  # fmt: skip
+check_passed("Exercise 1")
 
 # %% [markdown]
-# **Exercise 2.** NanoDet also runs at 416 px. Derive the number of priors, then build
-# the model on the `meta` device (shapes only, no memory, no arithmetic) and check
-# the flattened output shapes for a batch of two.
+# **Exercise 2.** NanoDet also runs at 416 px. Derive the number of priors,
+# `num_priors_416` (an int), by hand. Then build the model on the `meta` device (shapes
+# only, no memory, no arithmetic), run a batch of two 416-px images through it and
+# flatten the output: assign `meta_cls` `(B, A, C)` and `meta_dist` `(B, A, 4 (R + 1))`.
 
 # %% tags=["solution"]
+num_priors_416 = None  # int
+meta_cls = meta_dist = None  # (2, A, 80), (2, A, 32)
+### BEGIN SOLUTION
 # 416 / 8 = 52, 416 / 16 = 26, 416 / 32 = 13: 52^2 + 26^2 + 13^2 = 3549 priors.
+num_priors_416 = 52**2 + 26**2 + 13**2
 with torch.device("meta"):
     meta_model = build_nanodet_m(num_classes=80)
     meta_cls, meta_dist = meta_model.flatten(meta_model(torch.empty(2, 3, 416, 416)))
 print(tuple(meta_cls.shape), tuple(meta_dist.shape))
-assert tuple(meta_cls.shape) == (2, 3549, 80) and tuple(meta_dist.shape) == (2, 3549, 32)
+### END SOLUTION
+print(f"{num_priors_416} priors")
+
+# %% tags=["check"]
+check_equal(
+    "num_priors_416", num_priors_416, (416 // 8) ** 2 + (416 // 16) ** 2 + (416 // 32) ** 2,
+    hint="one prior per cell: at stride s a 416-px image has a (416 / s) x (416 / s) grid; "
+    "add the three levels.",
+)  # fmt: skip
+check_true(
+    meta_cls is not None and meta_dist is not None,
+    "`meta_cls` and `meta_dist` are still None: assign the two flattened outputs.",
+    hint="inside `with torch.device('meta'):` build the model, call it on "
+    "torch.empty(2, 3, 416, 416) and pass its output to `model.flatten`.",
+)
+check_equal(
+    "meta_cls.shape", tuple(meta_cls.shape), (2, 3549, 80),
+    hint="`flatten` gives (B, A, C): a batch of two, every prior, 80 classes.",
+)  # fmt: skip
+check_equal(
+    "meta_dist.shape", tuple(meta_dist.shape), (2, 3549, 32),
+    hint="`flatten` gives (B, A, 4 (R + 1)): 4 sides of R + 1 = 8 bins per prior.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_equal(
+    "meta_cls.device.type", meta_cls.device.type, "meta",
+    hint="build the model and its input under `with torch.device('meta'):`",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 2")
 
 # %% [markdown]
 # **Exercise 3.** On the stride-32 level, a side must reach 100 px. Which two bins
-# carry its distribution, with which weights? Build the eight logits and check the
-# distance with `dfl_integral`. What is the largest distance any distribution can
-# express there?
+# carry its distribution, with which weights? Assign the distribution `side_weights`
+# `(R + 1,)` and eight logits `side_logits` `(R + 1,)` whose softmax it is (the log of
+# the weights, clamped away from 0, will do), then check the distance with
+# `dfl_integral`. What is the largest distance, `largest_px` (a number, in px), that any
+# distribution can express there?
 
 # %% tags=["solution"]
-# 100 / 32 = 3.125 bins: weight 0.875 on bin 3 and 0.125 on bin 4. Largest: 7 x 32 = 224 px.
+side_weights = side_logits = None  # (R + 1,) each
+largest_px = None  # px
+### BEGIN SOLUTION
+# 100 / 32 = 3.125 bins: weight 0.875 on bin 3 and 0.125 on bin 4. Largest: R x 32 = 224 px.
 side_weights = torch.zeros(8)
 side_weights[3], side_weights[4] = 0.875, 0.125
 side_logits = torch.log(side_weights.clamp(min=1e-12))
-torch.testing.assert_close(dfl_integral(side_logits) * 32, torch.tensor(100.0))
-all_on_last_bin = torch.tensor([-30.0] * 7 + [30.0])
-torch.testing.assert_close(dfl_integral(all_on_last_bin) * 32, torch.tensor(224.0))
-print(f"{dfl_integral(side_logits).item() * 32:.4f} px")
+largest_px = 7 * 32
+print(f"{dfl_integral(side_logits).item() * 32:.4g} px")
+### END SOLUTION
+
+# %% tags=["check"]
+check_close(
+    "side_weights", side_weights, [0.0, 0.0, 0.0, 0.875, 0.125, 0.0, 0.0, 0.0],
+    hint="100 px / 32 = 3.125 bins: the two bins around it are 3 and 4, weighted "
+    "4 - 3.125 and 3.125 - 3 so that the expected bin is 3.125.",
+)  # fmt: skip
+check_true(
+    side_logits is not None,
+    "`side_logits` is still None: assign eight logits whose softmax is `side_weights`.",
+    hint="torch.log(side_weights.clamp(min=1e-12)): the softmax of log-weights gives the "
+    "weights back when they sum to 1.",
+)
+check_close(
+    "dfl_integral(side_logits) * 32", dfl_integral(torch.as_tensor(side_logits)) * 32, 100.0,
+    hint="the expected bin of softmax(side_logits), times the stride 32, must be 100 px.",
+)  # fmt: skip
+check_close(
+    "largest_px", largest_px, 7 * 32,
+    hint="the expected bin is at most R = 7 (all the mass on the last bin), times the stride.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_close(
+    "softmax(side_logits)", torch.softmax(torch.as_tensor(side_logits), dim=-1),
+    [0.0, 0.0, 0.0, 0.875, 0.125, 0.0, 0.0, 0.0], atol=1e-4,
+    hint="the logits must give the two-bin distribution itself, not only its mean",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 3")
 
 # %% [markdown]
 # **Exercise 4.** The GFL paper's head has two towers per level, one for classes and
 # one for boxes (`share_cls_reg=False`). Predict how many parameters that adds to
-# NanoDet-m, then build it and check. (Hint: the two output convs together have as
-# many weights as the shared one.)
+# NanoDet-m and assign it to `extra_by_hand` (an int, arithmetic as in exercise 1);
+# the check builds `NanoDet(NanoDetConfig(share_cls_reg=False))` and counts. (Hint: the
+# two output convs together have as many weights as the shared one.)
 
 # %% tags=["solution"]
-# Per level: one more tower (2 separable convs: 20,928); output convs 96 x 80 + 80 and
+extra_by_hand = None  # int
+### BEGIN SOLUTION
+# Per level one more tower (2 separable convs: 20,928); output convs 96 x 80 + 80 and
 # 96 x 32 + 32, together 96 x 112 + 112, as before. 3 x 20,928 = 62,784 more.
+extra_by_hand = 3 * 2 * ((96 * 3 * 3 + 2 * 96) + (96 * 96 + 2 * 96))
+### END SOLUTION
+print(f"{extra_by_hand} more parameters")
+
+# %% tags=["check"]
 separate = NanoDet(NanoDetConfig(share_cls_reg=False))
-extra = count_parameters(separate) - count_parameters(model)
-assert extra == 3 * 2 * separable == 62_784
-print(f"separate towers: {count_parameters(separate):,} parameters (+{extra:,})")
+check_equal(
+    "extra_by_hand", extra_by_hand, count_parameters(separate) - count_parameters(model),
+    hint="per level one more tower of two separable convs, each (96 * 3 * 3 + 2 * 96) + "
+    "(96 * 96 + 2 * 96); the two output convs add up to the shared one, so they add nothing.",
+)  # fmt: skip
+check_passed("Exercise 4")
 
 # %% [markdown]
 # ## Further reading

@@ -53,6 +53,7 @@ device = setup()["device"]
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
+from ipywidgets import IntSlider, interact
 
 from detutils import boxes as box_ops
 from detutils.assigners import (
@@ -62,6 +63,7 @@ from detutils.assigners import (
     explain_atss,
     pad_ground_truth,
 )
+from detutils.checks import check_close, check_equal, check_function, check_passed, check_true
 from detutils.data.shapes import CLASS_NAMES, render_sample
 from detutils.priors import grid_cells
 from detutils.viz import draw_assignment, draw_boxes, draw_priors
@@ -167,7 +169,7 @@ print("candidates:", candidates.tolist())
 
 # %%
 iou_mean = candidate_iou.mean()
-iou_std = candidate_iou.std()  # unbiased: divides by K - 1 = 26
+iou_std = candidate_iou.std()  # unbiased: divides by 27 - 1 = 26
 threshold = iou_mean + iou_std
 passes_iou = candidate_iou >= threshold  # (27,)
 per_level = candidate_iou.view(3, topk)
@@ -252,6 +254,80 @@ for level, ax in enumerate(axes):
 plt.show()
 
 # %% [markdown]
+# ### 2.6 What `topk` changes
+#
+# NanoDet, like the ATSS paper, takes the k = 9 nearest priors of each level (the
+# argument `topk`). A larger k casts a wider net: the extra candidates lie farther from
+# the box's centre and overlap it less, so the mean IoU falls, and with it the
+# threshold; more of the well-fitting level's cells pass. A smaller k keeps only the
+# nearest few: with k = 1 the cross has three candidates, one per level, and only the
+# best of them clears the threshold. The cross's candidates for a given k (left: the
+# red rings are its positives) and its positives for every k from 1 to 20 (right):
+
+# %%
+topk_values = list(range(1, 21))
+topk_sweep = [explain_atss(cells, num_per_level, gt_boxes, gt_labels, topk=k) for k in topk_values]
+cross_thresholds = [explained.iou_threshold[1].item() for explained in topk_sweep]
+cross_positives_by_k = [int(explained.positive[1].sum()) for explained in topk_sweep]
+for k in (1, 9, 20):
+    print(
+        f"topk {k:2d}: {3 * k} candidates, threshold {cross_thresholds[k - 1]:.4f}, "
+        f"positives {cross_positives_by_k[k - 1]}"
+    )
+assert cross_positives_by_k[8] == int(positive.sum()) == 5  # k = 9: section 2.4
+assert cross_thresholds == sorted(cross_thresholds, reverse=True)  # falls as k grows
+
+
+def draw_topk(k):
+    """The cross's candidates for topk = k (left) and its positives for every topk (right)."""
+    explained = topk_sweep[k - 1]
+    table = explained.table(1)  # one row per candidate
+    fig, (ax, ax_sweep) = plt.subplots(1, 2, figsize=(11, 3.6), width_ratios=[3, 2])
+    for level, marker in zip(range(3), "os^", strict=True):
+        rows = table[table["level"] == level]
+        ax.scatter(rows["distance"], rows["iou"], marker=marker, label=f"stride {strides[level]}")
+    chosen = table[table["positive"]]
+    ax.scatter(chosen["distance"], chosen["iou"], s=150, facecolors="none", edgecolors="tab:red")
+    ax.axhline(cross_thresholds[k - 1], color="tab:red", label="threshold")
+    ax.set_xlabel("centre distance (px)")
+    ax.set_ylabel("IoU with the cross")
+    ax.set_ylim(0, 1)
+    ax.set_title(f"topk = {k}: {len(table)} candidates, {len(chosen)} positive")
+    ax.legend(fontsize=8, loc="upper right")
+    colours = ["tab:red" if value == k else "0.75" for value in topk_values]
+    ax_sweep.bar(topk_values, cross_positives_by_k, color=colours)
+    ax_sweep.set_xticks([1, 5, 9, 13, 17, 20])
+    ax_sweep.set_xlabel("topk")
+    ax_sweep.set_ylabel("positives of the cross")
+    ax_sweep.set_title(f"threshold at topk = {k}: {cross_thresholds[k - 1]:.3f}")
+    return fig
+
+
+# %%
+draw_topk(9)
+plt.show()
+
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (an interactive version of the figure above: move the slider; the figure above is
+# the one the tests check)
+@interact(k=IntSlider(value=9, min=1, max=20, description="topk"))
+def show_topk(k):
+    draw_topk(k)
+    plt.show()
+
+
+# %% [markdown]
+# However many candidates, the cross's positives all stay on the stride-16 level: the
+# threshold moves, the level that fits stays the same.
+
+# %%
+for explained in topk_sweep:
+    table_k = explained.table(1)
+    assert (table_k.loc[table_k["positive"], "level"] == 1).all()
+
+# %% [markdown]
 # ## 3. Three boxes, three levels
 #
 # The same steps for the three boxes at once: every step gains a box dimension M.
@@ -269,12 +345,12 @@ def atss_inline(priors, num_per_level, gt_boxes, topk=9, center_eps=0.01):
     candidates, start = [], 0  # 2.
     for count in num_per_level:
         order = torch.sort(distance[:, start : start + count], dim=1, stable=True).indices
-        candidates.append(order[:, :topk] + start)  # (M, k)
+        candidates.append(order[:, :topk] + start)  # (M, topk)
         start += count
-    candidates = torch.cat(candidates, dim=1)  # (M, K)
-    candidate_iou = iou.gather(1, candidates)  # (M, K)  3.
+    candidates = torch.cat(candidates, dim=1)  # (M, L topk)
+    candidate_iou = iou.gather(1, candidates)  # (M, L topk)  3.
     threshold = candidate_iou.mean(dim=1) + candidate_iou.std(dim=1)  # (M,)
-    centres = prior_centres[candidates]  # (M, K, 2)  4.
+    centres = prior_centres[candidates]  # (M, L topk, 2)  4.
     sides = torch.cat([centres - gt_boxes[:, None, :2], gt_boxes[:, None, 2:] - centres], dim=-1)
     positive = (candidate_iou >= threshold[:, None]) & (sides.min(dim=-1).values > center_eps)
     claimed = torch.full_like(iou, -torch.inf)  # (M, A)  5.
@@ -528,41 +604,97 @@ print("batched == per image; positives per image:", batched.positive.sum(dim=1).
 #
 # ## Exercises
 #
-# **Exercise 1.** How many candidates does a box get with `topk=3`, `topk=9` and
-# `topk=150` on NanoDet's three levels? Predict, then check with `explain_atss`, and
-# see how the cross's number of positives changes.
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
+# **Exercise 1.** How many candidates does a box get on NanoDet's three levels?
+# Predict it for `topk=3`, `topk=9` and `topk=150`, then write `num_candidates(topk)`,
+# returning that number (an int) for the 2100 cells at 320 px (a level cannot give
+# more candidates than it has priors). Then assign `cross_positives`, a dict
+# `{3: ..., 9: ..., 150: ...}`: the number of the cross's positives (candidates that
+# pass both tests) for each of these `topk`, read from `explain_atss`.
 
 # %% tags=["solution"]
-# K = sum over levels of min(topk, priors of the level): 9, 27, and 150 + 150 + 100 = 400.
-for k, expected in [(3, 9), (9, 27), (150, 400)]:
+num_candidates = None  # your function (topk) -> int
+cross_positives = None  # dict: topk -> int
+### BEGIN SOLUTION
+
+
+def num_candidates(topk):
+    # topk per level, at most the level's priors: 9, 27, and 150 + 150 + 100 = 400
+    return sum(min(topk, count) for count in num_per_level)
+
+
+cross_positives = {}
+for k in (3, 9, 150):
     explained = explain_atss(cells, num_per_level, gt_boxes, gt_labels, topk=k)
-    assert explained.candidate_index.shape == (3, expected)
-    print(f"topk {k:3d}: {expected} candidates, cross positives {int(explained.positive[1].sum())}")
+    cross_positives[k] = int(explained.positive[1].sum())
+    print(f"topk {k:3d}: {num_candidates(k)} candidates, cross positives {cross_positives[k]}")
+
+
+### END SOLUTION
+
+# %% tags=["check"]
+candidates_of = lambda k: explain_atss(cells, num_per_level, gt_boxes, gt_labels, topk=k)
+check_function(
+    "num_candidates", num_candidates, [(3,), (9,), (150,)],
+    lambda k: candidates_of(k).candidate_index.shape[1],
+    hint="per level min(topk, priors of the level), summed over the levels 1600, 400 and "
+    "100: 9 and 27 for topk 3 and 9; at 150 the stride-32 level has only 100 cells.",
+)  # fmt: skip
+check_true(
+    isinstance(cross_positives, dict) and set(cross_positives) == {3, 9, 150},
+    f"`cross_positives` should be a dict with the keys 3, 9 and 150, got {cross_positives!r}.",
+    hint="explain_atss(cells, num_per_level, gt_boxes, gt_labels, topk=k).positive[1] marks "
+    "the cross's positive candidates; count them for each k.",
+)
+for k in (3, 9, 150):
+    check_equal(
+        f"cross_positives[{k}]", cross_positives[k], int(candidates_of(k).positive[1].sum()),
+        hint="the cross is box 1: count the True values of `.positive[1]` of explain_atss "
+        "called with topk=k (section 2.6 drew them for k up to 20).",
+    )  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_function(
+    "num_candidates", num_candidates, [(1,), (500,)],
+    lambda k: candidates_of(k).candidate_index.shape[1],
+    hint="one per level for topk 1; 500 + 400 + 100 for topk 500",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 1")
 
 # %% [markdown]
 # **Exercise 2.** Thin objects. Two horizontal bars 12 px high, centred on the image:
-# one 120 px long, one 240 px long. Count the positives each gets from max-IoU at 0.5
-# and from ATSS. One of the results shows that ATSS guarantees nothing: explain it
-# from the bar's 27 candidate IoUs.
+# one 120 px long, one 240 px long. Assign `bar_boxes`, a dict `{120: ..., 240: ...}`
+# of their `(1, 4)` xyxy boxes, and `bar_counts`, a dict `{120: ..., 240: ...}` of
+# tuples (positives from max-IoU at 0.5, positives from ATSS). One of the results shows
+# that ATSS guarantees nothing: for the 240 px bar, assign its ATSS threshold
+# `bar_threshold` and the best IoU among its 27 candidates, `bar_best_iou` (two
+# numbers), and explain the result from the bar's candidate IoUs per level.
 
 # %% tags=["solution"]
+bar_boxes = bar_counts = None  # dict: length -> (1, 4) box; dict: length -> (int, int)
+bar_threshold = bar_best_iou = None  # numbers
 bar_labels = torch.tensor([0], device=device)
-bar_counts = {}
+### BEGIN SOLUTION
+bar_boxes, bar_counts = {}, {}
 for length in (120, 240):
     bar = torch.tensor([[160.0 - length / 2, 154.0, 160.0 + length / 2, 166.0]], device=device)
     bar_explained = explain_atss(cells, num_per_level, bar, bar_labels)
+    bar_boxes[length] = bar
     bar_counts[length] = (
         int((assign_max_iou_inline(cells, bar) == 0).sum()),
         bar_explained.result.num_positive,
     )
-    level_iou = bar_explained.candidate_iou[0].view(3, 9)  # (levels, topk)
+    level_iou = bar_explained.candidate_iou[0].view(3, 9)  # (L, topk)
     print(f"{length} px bar: max-IoU {bar_counts[length][0]}, ATSS {bar_counts[length][1]}")
     print(
         "  candidate IoUs per level (min, max):",
         [(f"{row.min().item():.4f}", f"{row.max().item():.4f}") for row in level_iou],
     )
     print(f"  threshold {bar_explained.iou_threshold[0].item():.4f}")
-assert bar_counts[120] == (0, 7) and bar_counts[240] == (0, 0)
+bar_threshold = bar_explained.iou_threshold[0].item()  # the last bar: 240 px
+bar_best_iou = bar_explained.candidate_iou[0].max().item()
 # Both bars are longer than the spread of a level's nine candidates, so within a level
 # the candidates overlap the bar (nearly) alike, and the spread of the 27 IoUs comes
 # from the differences between levels. For the 120 px bar the stride-8 level stands
@@ -571,34 +703,121 @@ assert bar_counts[120] == (0, 7) and bar_counts[240] == (0, 0)
 # 240 px bar the two best levels almost tie (0.1200 and 0.1154): two thirds of the
 # candidates sit near the top, and mean + std (0.1247) lands above the best IoU of all.
 # No candidate passes; the bar is never learnt. mmdet's ATSS behaves the same.
+### END SOLUTION
+
+# %% tags=["check"]
+expected_bars = {120: [[100.0, 154.0, 220.0, 166.0]], 240: [[40.0, 154.0, 280.0, 166.0]]}
+for name, answer in [("bar_boxes", bar_boxes), ("bar_counts", bar_counts)]:
+    check_true(
+        isinstance(answer, dict) and set(answer) == {120, 240},
+        f"`{name}` should be a dict with the keys 120 and 240, got {answer!r}.",
+        hint="one entry per bar length, e.g. {120: ..., 240: ...}",
+    )
+for length, expected in expected_bars.items():
+    check_close(
+        f"bar_boxes[{length}]", bar_boxes[length], expected,
+        hint="centred on (160, 160): x from 160 - length / 2 to 160 + length / 2, y from "
+        "160 - 6 to 160 + 6, as a (1, 4) tensor.",
+    )  # fmt: skip
+    bar = torch.tensor(expected, device=device)
+    max_iou_count = int((box_ops.box_iou(cells, bar)[:, 0] >= 0.5).sum())
+    atss_count = int(assign_atss(cells, num_per_level, bar, bar_labels).num_positive)
+    counts = bar_counts[length]
+    check_equal(
+        f"bar_counts[{length}]", tuple(counts) if isinstance(counts, list) else counts,
+        (max_iou_count, atss_count),
+        hint="max-IoU: cells whose IoU with the bar reaches 0.5 (assign_max_iou_inline(cells, "
+        "bar) == 0); ATSS: assign_atss(...).num_positive, or explain_atss(...).result.",
+    )  # fmt: skip
+bar_240 = torch.tensor(expected_bars[240], device=device)
+explained_240 = explain_atss(cells, num_per_level, bar_240, bar_labels)
+check_close(
+    "bar_threshold", bar_threshold, explained_240.iou_threshold[0],
+    hint="explain_atss(cells, num_per_level, bar, bar_labels).iou_threshold[0] for the "
+    "240 px bar: the mean + std of its 27 candidate IoUs.",
+)  # fmt: skip
+check_close(
+    "bar_best_iou", bar_best_iou, explained_240.candidate_iou[0].max(),
+    hint="the largest of `.candidate_iou[0]`, the 27 candidates' IoUs with the 240 px bar "
+    "(it is below the threshold: no candidate passes).",
+)  # fmt: skip
+check_passed("Exercise 2")
 
 # %% [markdown]
-# **Exercise 3.** The 0.01 margin: build a box whose left side passes exactly through
-# the centre of a stride-8 cell, and check that this cell fails the centre test while
-# its right neighbour passes. (Cell `(y, x)` of stride 8 is centred on
-# `(8x + 4, 8y + 4)`.)
+# **Exercise 3.** The 0.01 margin. Build `edge_box` `(1, 4)`, a box 20 px wide with y
+# from 150 to 178, whose left side passes exactly through the centre of the stride-8
+# cell `(y, x) = (20, 20)` (cell `(y, x)` of stride 8 is centred on `(8x + 4, 8y + 4)`).
+# Run `explain_atss` on it and read from its table whether that cell (prior
+# 20 · 40 + 20 = 820) and its right neighbour (prior 821) pass the centre test: assign
+# `on_edge_inside` and `neighbour_inside` (two bools).
 
 # %% tags=["solution"]
+edge_box = None  # (1, 4) xyxy px
+on_edge_inside = neighbour_inside = None  # bool each
+on_edge, neighbour = 20 * 40 + 20, 20 * 40 + 21
+### BEGIN SOLUTION
 # Cells (y=20, x=20) and (y=20, x=21) are centred on (164, 164) and (172, 164).
 edge_box = torch.tensor([[164.0, 150.0, 184.0, 178.0]], device=device)
 edge = explain_atss(cells, num_per_level, edge_box, torch.tensor([0], device=device))
-on_edge, inside = 20 * 40 + 20, 20 * 40 + 21
-table = edge.table(0).set_index("prior")
-print(table.loc[[on_edge, inside], ["distance", "iou", "center_inside"]])
-assert not table.loc[on_edge, "center_inside"] and table.loc[inside, "center_inside"]
+edge_table = edge.table(0).set_index("prior")
+print(edge_table.loc[[on_edge, neighbour], ["distance", "iou", "center_inside"]])
+on_edge_inside = bool(edge_table.loc[on_edge, "center_inside"])
+neighbour_inside = bool(edge_table.loc[neighbour, "center_inside"])
+### END SOLUTION
+
+# %% tags=["check"]
+check_close(
+    "edge_box", edge_box, [[164.0, 150.0, 184.0, 178.0]],
+    hint="cell (20, 20) of stride 8 is centred on (8 * 20 + 4, 8 * 20 + 4) = (164, 164): "
+    "x1 = 164, x2 = x1 + 20, y1 = 150, y2 = 178.",
+)  # fmt: skip
+check_equal(
+    "on_edge_inside", on_edge_inside, False,
+    hint="prior 820's centre lies on the left side: its left distance is 0, and the test "
+    "asks for more than 0.01 px on every side. Read `center_inside` in the table.",
+)  # fmt: skip
+check_equal(
+    "neighbour_inside", neighbour_inside, True,
+    hint="prior 821's centre (172, 164) is 8 px inside the left side and inside the others.",
+)  # fmt: skip
+check_passed("Exercise 3")
 
 # %% [markdown]
 # **Exercise 4.** Two identical boxes of two classes (two labels on one object, as
-# COCO sometimes has). Every prior is claimed by both with the same IoU: which box
-# does each positive learn? Check with `assign_atss`.
+# COCO sometimes has): the cross twice, `gt_boxes[1:2].repeat(2, 1)`, with labels 1 and
+# 4. Every prior is claimed by both with the same IoU: which box does each positive
+# learn? Predict, then run `assign_atss` and assign `twin_positives`, a tuple (positives
+# of box 0, positives of box 1), and `twin_labels` `(P,)`, the labels the positives
+# learn.
 
 # %% tags=["solution"]
+twins = gt_boxes[1:2].repeat(2, 1)  # (2, 4)
+twin_gt_labels = torch.tensor([1, 4], device=device)
+twin_positives = None  # tuple (int, int)
+twin_labels = None  # (P,)
+### BEGIN SOLUTION
 # Equal IoUs: the lower box index wins, so box 0 takes every positive and box 1 none.
-twins = gt_boxes[1:2].repeat(2, 1)
-twin_result = assign_atss(cells, num_per_level, twins, torch.tensor([1, 4], device=device))
-assert int((twin_result.gt_index == 1).sum()) == 0
-assert (twin_result.labels[twin_result.positive] == 1).all()
-print(f"box 0: {int((twin_result.gt_index == 0).sum())} positives, box 1: none")
+twin_result = assign_atss(cells, num_per_level, twins, twin_gt_labels)
+twin_positives = tuple(int((twin_result.gt_index == j).sum()) for j in range(2))
+twin_labels = twin_result.labels[twin_result.positive]
+### END SOLUTION
+print(f"positives of box 0 and box 1: {twin_positives}")
+
+# %% tags=["check"]
+cross_alone = assign_atss(cells, num_per_level, gt_boxes[1:2], gt_labels[1:2])
+num_cross = int(cross_alone.num_positive)
+check_equal(
+    "twin_positives", tuple(twin_positives) if isinstance(twin_positives, list) else twin_positives,
+    (num_cross, 0),
+    hint="both boxes claim the same priors with the same IoU; step 5 keeps the first of equal "
+    "maxima, box 0, which gets the cross's positives; count gt_index == 0 and == 1.",
+)  # fmt: skip
+check_equal(
+    "twin_labels", twin_labels, torch.ones(num_cross, dtype=torch.long),
+    hint="the labels of the positives: result.labels[result.positive]; they learn box 0, "
+    "whose label is 1.",
+)  # fmt: skip
+check_passed("Exercise 4")
 
 # %% [markdown]
 # ## Further reading

@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 
 from detutils import boxes as box_ops
+from detutils.checks import check_close, check_passed, check_true
 from detutils.coders import decode_distance, dfl_distances, dfl_integral, encode_distance
 from detutils.data.shapes import CLASS_NAMES, render_sample
 from detutils.losses import distribution_focal_loss, iou_loss, quality_focal_loss
@@ -69,12 +70,12 @@ from detutils.trace import record, trace_calls
 # %% [markdown]
 # ## 1. The three terms
 #
-# For a batch with assignment `gt_index` (ATSS), `N` positives, and for positive `i`
+# For a batch with assignment `gt_index` (ATSS), P positives, and for positive `i`
 # its predicted box `b_i` and target box `g_i` (both in grid units: pixels divided by
 # the stride of the prior's level), NanoDet-m's loss is
 #
 # $$
-# \mathcal{L} = \underbrace{1 \cdot \frac{1}{N}\sum_{\text{priors, classes}}
+# \mathcal{L} = \underbrace{1 \cdot \frac{1}{P}\sum_{\text{priors, classes}}
 # \mathrm{QFL}}_{\texttt{qfl}}
 # + \underbrace{2 \cdot \frac{\sum_i w_i\,(1 - \mathrm{GIoU}(b_i, g_i))}
 # {\sum_i w_i}}_{\texttt{bbox}}
@@ -107,14 +108,14 @@ from detutils.trace import record, trace_calls
 # %%
 toy_logits = torch.tensor(
     [[-3.0, -2.0, 1.0, -4.0], [0.5, -1.0, -2.0, -3.0], [-1.0, -5.0, -2.0, 0.0]]
-)  # (N, C)
+)  # (A, C): A = 3 priors, C = 4 classes
 toy_labels = torch.tensor([2, 0, -1])  # -1: background
 toy_ious = torch.tensor([0.8, 0.3, 0.0])  # IoU targets of the true classes
-soft_target = torch.zeros(3, 4)  # (N, C): the soft one-hot
+soft_target = torch.zeros(3, 4)  # (A, C): the soft one-hot
 soft_target[0, 2], soft_target[1, 0] = 0.8, 0.3
 sigma = torch.sigmoid(toy_logits)
-bce = -((1 - soft_target) * torch.log(1 - sigma) + soft_target * torch.log(sigma))  # (N, C)
-qfl_by_hand = ((soft_target - sigma).abs() ** 2 * bce).sum(dim=1)  # (N,) summed over classes
+bce = -((1 - soft_target) * torch.log(1 - sigma) + soft_target * torch.log(sigma))  # (A, C)
+qfl_by_hand = ((soft_target - sigma).abs() ** 2 * bce).sum(dim=1)  # (A,) summed over classes
 qfl = quality_focal_loss(toy_logits, toy_labels, toy_ious, beta=2.0, reduction="none")
 torch.testing.assert_close(qfl, qfl_by_hand)
 qfl_mean = quality_focal_loss(toy_logits, toy_labels, toy_ious, avg_factor=2.0)
@@ -156,7 +157,8 @@ print("argmin:", {key: round(value, 4) for key, value in minima.items()})
 # ## 3. Distribution focal loss
 #
 # A side's distance is the expected bin of its distribution over the bins
-# 0, 1, ..., R (R = 7 for NanoDet-m). Many distributions have the same expected value;
+# 0, 1, ..., R: R is the last bin, so a side has R + 1 bins (R = 7 for NanoDet-m, its
+# config field `reg_max`). Many distributions have the same expected value;
 # DFL asks for the sharpest one near the truth. A target `y` between two bins,
 # $y_l = \lfloor y \rfloor$ and $y_r = y_l + 1$, is split between them with weights
 # that integrate back to `y`:
@@ -262,8 +264,8 @@ print("distribution maps:", [tuple(x.shape) for x in dist_maps])
 
 # %% [markdown]
 # Assignment first (notebook 21), over all 2100 priors, and the two normalisers, which
-# are counted over the whole batch and all levels: `N`, the number of positives (each
-# image counting at least 1), and the sum of the positives' weights.
+# are counted over the whole batch and all levels: P, the number of positives (each
+# image counting at least 1), and the sum of the positives' weights `Σ w`.
 
 # %%
 assignment, padded_boxes = model.assign(outputs, targets)  # (B, A) fields, (B, M, 4) px
@@ -271,9 +273,9 @@ cells, num_per_level, prior_strides = model.priors([(40, 40), (20, 20), (10, 10)
 cls_logits, dist_logits = model.flatten(outputs)  # (B, A, C), (B, A, 32)
 positive = assignment.gt_index >= 0  # (B, A)
 num_positive = positive.sum(dim=1).clamp(min=1).sum().float()
-all_weights = cls_logits.detach().sigmoid().amax(dim=-1)[positive]  # (N,)
+all_weights = cls_logits.detach().sigmoid().amax(dim=-1)[positive]  # (P,)
 weight_sum = all_weights.sum()
-print(f"N = {num_positive.item():.0f} positives, sum of weights {weight_sum.item():.4f}")
+print(f"P = {num_positive.item():.0f} positives, sum of weights {weight_sum.item():.4f}")
 print("positives per level:", [int(p.sum()) for p in positive[0].split(num_per_level)])
 
 # %% [markdown]
@@ -287,7 +289,7 @@ print("positives per level:", [int(p.sum()) for p in positive[0].split(num_per_l
 # %%
 level, stride = 1, 16
 start, end = num_per_level[0], num_per_level[0] + num_per_level[1]
-reg_max = 7
+reg_max = 7  # R, the last bin (NanoDet's config field `reg_max`)
 
 
 def shapes(recording):
@@ -304,8 +306,9 @@ with trace_calls() as step_a:
 shapes(step_a)
 
 # %% [markdown]
-# b. The positives: their prior centres and target boxes in grid units (pixels divided
-# by the stride), and their 32 distribution logits.
+# b. The level's positives: their prior centres and target boxes in grid units (pixels
+# divided by the stride), and their 32 distribution logits. In this section's shape
+# comments P counts the level's positives (5), not the batch's.
 
 # %%
 with trace_calls() as step_b:
@@ -336,7 +339,8 @@ with trace_calls() as step_c:
 shapes(step_c)
 
 # %% [markdown]
-# d. The three terms of the level. QFL over all its priors and classes, divided by N;
+# d. The three terms of the level. QFL over all its priors and classes, divided by the
+# batch's number of positives (`num_positive`, 12);
 # GIoU over its positives, weighted, divided by the batch's `Σ w`; DFL over the 4 P
 # sides, targets clamped to R − 0.1, weighted, divided by `4 Σ w`.
 
@@ -396,9 +400,10 @@ assert torch.count_nonzero(scores) == len(prior_index) == 5
 # %% [markdown]
 # ## 6. The full head loss
 #
-# The same steps for every level, as one function; since the normalisers `N` and
-# `Σ w` are those of the whole batch, the levels' shares simply add up. Checked against
-# `NanoDet.loss`, which does all 2100 priors at once (`detutils.losses.gfl_loss`).
+# The same steps for every level, as one function; since the normalisers, P (the
+# batch's positives) and `Σ w`, are those of the whole batch, the levels' shares simply
+# add up. Checked against `NanoDet.loss`, which does all 2100 priors at once
+# (`detutils.losses.gfl_loss`).
 
 
 # %%
@@ -462,7 +467,7 @@ share_table
 background = ~positive.reshape(-1)  # (B A,)
 background_qfl = (
     quality_focal_loss(
-        cls_logits.detach().reshape(-1, cls_logits.shape[-1])[background],  # (B A - N, C)
+        cls_logits.detach().reshape(-1, cls_logits.shape[-1])[background],  # (B A - P, C)
         assignment.labels.reshape(-1)[background],  # all BACKGROUND
         torch.zeros(int(background.sum()), device=device),  # not read for background
         reduction="sum",
@@ -520,74 +525,182 @@ print(f"distribution logits with a gradient: {int(has_dist_grad.sum())} (the pos
 #
 # ## Exercises
 #
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
 # **Exercise 1.** With β = 0 the quality focal loss is the plain binary cross-entropy
-# against the soft target. Check it on the three priors of section 2 against
-# `F.binary_cross_entropy_with_logits`.
+# against the soft target. On the three priors of section 2, assign `qfl_beta0` `(A,)`,
+# `quality_focal_loss` with `beta=0.0` per prior (`reduction="none"`), and `bce_soft`
+# `(A,)`, `F.binary_cross_entropy_with_logits` of `toy_logits` against `soft_target`,
+# summed over the classes.
 
 # %% tags=["solution"]
+qfl_beta0 = bce_soft = None  # (A,) each, A = 3 priors
+### BEGIN SOLUTION
 qfl_beta0 = quality_focal_loss(toy_logits, toy_labels, toy_ious, beta=0.0, reduction="none")
 bce_soft = F.binary_cross_entropy_with_logits(toy_logits, soft_target, reduction="none")
-bce_soft = bce_soft.sum(dim=1)  # (N,)
-torch.testing.assert_close(qfl_beta0, bce_soft)
+bce_soft = bce_soft.sum(dim=1)  # (A, C) -> (A,)
 print("beta = 0:", [f"{v:.4f}" for v in qfl_beta0.tolist()])
+### END SOLUTION
+
+# %% tags=["check"]
+bce_per_prior = bce.sum(dim=1)  # (A,): section 2's cross-entropy, written out
+check_close(
+    "qfl_beta0", qfl_beta0, bce_per_prior,
+    hint="quality_focal_loss(toy_logits, toy_labels, toy_ious, beta=0.0, reduction='none'): "
+    "with beta = 0 the factor |y - sigma|^beta is 1, so QFL is the cross-entropy.",
+)  # fmt: skip
+check_close(
+    "bce_soft", bce_soft, bce_per_prior,
+    hint="F.binary_cross_entropy_with_logits(toy_logits, soft_target, reduction='none') is "
+    "(A, C): sum it over the classes (dim=1).",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_true(
+    bool((torch.as_tensor(qfl_beta0) >= qfl).all()),
+    "`qfl_beta0` should be at least the beta = 2 loss `qfl` of section 2 for every prior.",
+    hint="|y - sigma|^2 <= 1 scales every entry down: beta = 0 gives the largest loss",
+)
+### END HIDDEN TESTS
+check_passed("Exercise 1")
 
 # %% [markdown]
 # **Exercise 2.** A target that falls exactly on a bin, y = 3.0: what are the two
-# weights, and what does DFL reduce to? Check with `distribution_focal_loss`. What is
-# the smallest DFL any distribution can reach for y = 3.0, and for y = 3.5?
+# weights, and what does DFL reduce to? Assign `on_bin` `(1,)`, the
+# `distribution_focal_loss` of section 3's `side_logits` for y = 3.0
+# (`reduction="none"`). Then derive the smallest DFL any distribution can reach for
+# y = 3.0 and for y = 3.5, `smallest_at_3` and `smallest_at_3_5` (two numbers), and
+# confirm them with distributions of your choice.
 
 # %% tags=["solution"]
+on_bin = None  # (1,)
+smallest_at_3 = smallest_at_3_5 = None  # numbers
+### BEGIN SOLUTION
 # y = 3.0: weight 1 on bin 3 and 0 on bin 4, so DFL = -log S_3, the cross-entropy of
 # a hard label; its minimum is 0 (all mass on bin 3). For y = 3.5 the best is 0.5/0.5,
 # whose loss is the entropy ln 2.
 on_bin = distribution_focal_loss(side_logits, torch.tensor([3.0]), reduction="none")
-torch.testing.assert_close(on_bin, -torch.log_softmax(side_logits, dim=-1)[:, 3])
+smallest_at_3, smallest_at_3_5 = 0.0, math.log(2.0)
+all_on_3 = torch.log(torch.tensor([[1e-9] * 3 + [1.0] + [1e-9] * 4]))
 half = torch.log(torch.tensor([[1e-9] * 3 + [0.5, 0.5] + [1e-9] * 3]))
-best_half = distribution_focal_loss(half, torch.tensor([3.5]))
-torch.testing.assert_close(best_half, torch.tensor(math.log(2.0)), atol=1e-6, rtol=0)
-print(f"-log S_3 = {on_bin.item():.4f}; best for 3.5: {best_half.item():.4f} = ln 2")
+print(f"-log S_3 = {on_bin.item():.4f}")
+print(f"all on bin 3: {distribution_focal_loss(all_on_3, torch.tensor([3.0])).item():.4f}")
+print(f"half on 3 and 4: {distribution_focal_loss(half, torch.tensor([3.5])).item():.4f}")
+### END SOLUTION
+
+# %% tags=["check"]
+check_close(
+    "on_bin", on_bin, -torch.log_softmax(side_logits, dim=-1)[:, 3],
+    hint="y = 3.0 gives the weights 1 (bin 3) and 0 (bin 4): DFL is -log S_3, the "
+    "cross-entropy of a hard label. distribution_focal_loss(side_logits, torch.tensor([3.0]), "
+    "reduction='none').",
+)  # fmt: skip
+check_close(
+    "smallest_at_3", smallest_at_3, 0.0, atol=1e-5,
+    hint="-log S_3 vanishes when S_3 = 1: all the mass on bin 3.",
+)  # fmt: skip
+check_close(
+    "smallest_at_3_5", smallest_at_3_5, math.log(2.0), atol=1e-5,
+    hint="the weights are 0.5 and 0.5; the cross-entropy is smallest when S_3 = S_4 = 0.5, "
+    "where it equals their entropy, -2 * 0.5 * log 0.5.",
+)  # fmt: skip
+check_passed("Exercise 2")
 
 # %% [markdown]
 # **Exercise 3.** mmdet's `GFLHead` (versions 2.x and 3.x) clamps the weight sum `Σ w`
 # to at least 1 before dividing the box terms by it; NanoDet and the original GFL code
-# (implus/GFocal) do not. At the first step of this image,
-# how much smaller is mmdet's `bbox` term than NanoDet's? Compute it.
+# (implus/GFocal) do not. At the first step of this image, what would mmdet's `bbox`
+# term be? Assign it to `clamped_bbox` (a number), from `losses["bbox"]` and
+# `weight_sum`, and the ratio of mmdet's term to NanoDet's, `ratio` (a number).
 
 # %% tags=["solution"]
-# Both divide the same weighted sum; mmdet by max(sum w, 1) = 1, NanoDet by sum w ~ 0.12.
-clamped_bbox = losses["bbox"] * weight_sum / weight_sum.clamp(min=1.0)
-ratio = (clamped_bbox / losses["bbox"]).item()
+clamped_bbox = ratio = None  # numbers
+### BEGIN SOLUTION
+# Both divide the same weighted sum; mmdet by max(sum w, 1) = 1, NanoDet by sum w ~ 0.13.
+clamped_bbox = (losses["bbox"] * weight_sum / weight_sum.clamp(min=1.0)).item()
+ratio = clamped_bbox / losses["bbox"].item()
 print(f"sum of weights {weight_sum.item():.4f}: mmdet's bbox term is {ratio:.4f} x NanoDet's")
-torch.testing.assert_close(torch.tensor(ratio), weight_sum.cpu())
+### END SOLUTION
+
+# %% tags=["check"]
+check_true(weight_sum.item() < 1, "this check assumes the weights sum to less than 1")
+check_close(
+    "clamped_bbox", clamped_bbox, losses["bbox"] * weight_sum,
+    hint="NanoDet's term is 2 * (weighted sum) / sum w; mmdet divides the same weighted sum by "
+    "max(sum w, 1) = 1 here: multiply NanoDet's term by sum w.",
+)  # fmt: skip
+check_close(
+    "ratio", ratio, weight_sum,
+    hint="mmdet's term over NanoDet's: sum w / max(sum w, 1), which is sum w when it is below 1.",
+)  # fmt: skip
+check_passed("Exercise 3")
 
 # %% [markdown]
-# **Exercise 4.** Make the cross's five positives perfect: give each of them, on
-# every side, the two-bin distribution of its target distance (as in notebook 20).
-# Predict what happens to their IoU targets, their GIoU terms, their DFL terms and the
-# level's QFL share, then check with `level_loss`.
+# **Exercise 4.** Make the cross's five positives perfect: give each of them, on every
+# side, the two-bin distribution of its target distance (as in notebook 20), written
+# as logits into a copy of level 1's distribution map. `level_loss` reads the global
+# list `dist_maps`: replace it by one holding your edited map. Predict what happens to
+# their IoU targets, their GIoU terms, their DFL terms and the level's QFL share, then
+# assign `perfect_share = level_loss(1, 16, start, end)` (a dict of three numbers).
 
 # %% tags=["solution"]
+perfect_share = None  # dict "qfl", "bbox", "dfl" -> () tensor
+### BEGIN SOLUTION
 # Perfect boxes: IoU targets 1, GIoU terms 0; DFL terms the two-bin entropies, its
 # smallest possible values (none of the cross's distances reaches the 6.9 clamp). The
 # QFL share rises: the class scores, still near 0.01, must now learn 1.
-perfect = target_distances.clamp(max=reg_max - 0.1)  # (5, 4) bins
+perfect = target_distances.clamp(max=reg_max - 0.1)  # (P, 4) bins
 left = perfect.floor().long()
-two_bin = torch.zeros(5, 4, reg_max + 1, device=device)
+two_bin = torch.zeros(len(prior_index), 4, reg_max + 1, device=device)  # (P, 4, R + 1)
 two_bin.scatter_(-1, left[..., None], (left + 1 - perfect)[..., None])
 two_bin.scatter_(-1, left[..., None] + 1, (perfect - left)[..., None])
 edited = dist_maps[1].detach().clone()  # (1, 32, 20, 20)
 rows, columns = prior_index // 20, prior_index % 20
-edited[0, :, rows, columns] = torch.log(two_bin.clamp(min=1e-12)).flatten(1).T  # (32, 5)
+edited[0, :, rows, columns] = torch.log(two_bin.clamp(min=1e-12)).flatten(1).T  # (32, P)
 dist_maps = [dist_maps[0], edited, dist_maps[2]]
 perfect_share = level_loss(1, 16, start, end)
-entropy = -(two_bin * torch.log(two_bin.clamp(min=1e-12))).sum(dim=-1)  # (5, 4)
-expected_dfl = 0.25 * (weights[:, None] * entropy).sum() / (4 * weight_sum)
-torch.testing.assert_close(
-    perfect_share["bbox"], torch.tensor(0.0, device=device), atol=1e-5, rtol=0
-)
-torch.testing.assert_close(perfect_share["dfl"], expected_dfl, atol=1e-5, rtol=1e-4)
-assert perfect_share["qfl"] > shares[1]["qfl"]
 print({name: f"{value.item():.4f}" for name, value in perfect_share.items()})
+### END SOLUTION
+
+# %% tags=["check"]
+check_true(
+    isinstance(perfect_share, dict) and {"qfl", "bbox", "dfl"} <= set(perfect_share),
+    f"`perfect_share` should be the dict level_loss returns, got {perfect_share!r}.",
+    hint="edit a copy of dist_maps[1] at the five positives' cells, put it in `dist_maps`, "
+    "then perfect_share = level_loss(1, 16, start, end).",
+)
+check_close(
+    'perfect_share["bbox"]', perfect_share["bbox"], 0.0, atol=1e-5,
+    hint="a perfect box equals its target: GIoU 1, so every 1 - GIoU term is 0. Are the "
+    "logits at the right cells (row prior_index // 20, column prior_index % 20)?",
+)  # fmt: skip
+fraction = target_distances - target_distances.floor()  # (P, 4): weight of the right bin
+entropy = torch.special.entr(fraction) + torch.special.entr(1 - fraction)  # (P, 4)
+check_close(
+    'perfect_share["dfl"]', perfect_share["dfl"],
+    0.25 * (weights[:, None] * entropy).sum() / (4 * weight_sum), atol=1e-5,
+    hint="at the two-bin target, each side's DFL is the entropy of its two weights; the "
+    "share is 0.25 * sum(w * entropy) / (4 sum w). Put the log of the weights (clamped "
+    "away from 0) in the side-major order l, t, r, b.",
+)  # fmt: skip
+check_true(
+    bool(perfect_share["qfl"] > shares[1]["qfl"]),
+    "`perfect_share['qfl']` should be larger than the untouched level's QFL share.",
+    hint="the IoU targets rise to 1 while the class scores stay near 0.01",
+)
+### BEGIN HIDDEN TESTS
+one_targets = torch.zeros_like(level_labels, dtype=torch.float32)  # (B, HW)
+one_targets[image_index, prior_index] = 1.0
+qfl_at_one = quality_focal_loss(
+    level_cls.detach().reshape(-1, level_cls.shape[-1]), level_labels.reshape(-1),
+    one_targets.reshape(-1), reduction="sum",
+) / num_positive  # fmt: skip
+check_close(
+    'perfect_share["qfl"]', perfect_share["qfl"], qfl_at_one, rtol=1e-3,
+    hint="with perfect boxes the QFL share is that of IoU targets 1 at the five positives",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 4")
 
 # %% [markdown]
 # ## Further reading

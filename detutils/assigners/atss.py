@@ -5,7 +5,7 @@ For every ground-truth box j of an image:
 1. measure the IoU of every prior with box j, and the distance from every prior's
    centre to the centre of box j;
 2. on each level, take the k = min(topk, priors of the level) priors whose centres are
-   nearest: the box's K candidates (K = the sum of k over the levels);
+   nearest: the box's N candidates (N = the sum of k over the levels);
 3. set the box's threshold to the mean plus the (unbiased) standard deviation of its
    candidates' IoUs: a box that overlaps its candidates well sets a high bar, a thin
    or odd-shaped box a low one;
@@ -29,8 +29,8 @@ Where this module pins down what the reference leaves open, or differs from it:
   ``bbox_overlaps`` divides by ``max(union, 1e-6)``. For any union above 2 px^2 the
   ``1e-7`` is below half a float32 step, so the two agree bit for bit.
 - Distances are ``sqrt(dx^2 + dy^2)`` between centres ``(x1 + x2) / 2``, as there.
-- The mean and standard deviation are taken over the same K IoUs as the reference,
-  laid out (M, K) instead of (K, M); the order of the float additions may differ, and
+- The mean and standard deviation are taken over the same N IoUs as the reference,
+  laid out (M, N) instead of (N, M); the order of the float additions may differ, and
   with it the threshold by a rounding step (about 1e-8), which only matters for an IoU
   equal to the threshold to the last bit.
 - With a single candidate in all (one level of one prior, or ``topk=1`` on one level)
@@ -161,20 +161,20 @@ def _level_slices(num_per_level: list[int], topk: int) -> list[tuple[int, int, i
 class ATSSExplanation:
     """Every intermediate of :func:`assign_atss` for one image, one row per box.
 
-    K is the number of candidates per box, ``sum(min(topk, n) for n in num_per_level)``;
+    N is the number of candidates per box, ``sum(min(topk, n) for n in num_per_level)``;
     row j, column c describes candidate c of box j (levels in order, nearest first).
     """
 
-    candidate_index: Tensor  # (M, K) long, flat prior index of each candidate
-    candidate_level: Tensor  # (M, K) long, its level
-    candidate_distance: Tensor  # (M, K) px, prior centre to box centre
-    candidate_iou: Tensor  # (M, K) IoU of the candidate prior with the box
+    candidate_index: Tensor  # (M, N) long, flat prior index of each candidate
+    candidate_level: Tensor  # (M, N) long, its level
+    candidate_distance: Tensor  # (M, N) px, prior centre to box centre
+    candidate_iou: Tensor  # (M, N) IoU of the candidate prior with the box
     iou_mean: Tensor  # (M,) mean of the box's candidate IoUs
     iou_std: Tensor  # (M,) their unbiased standard deviation
     iou_threshold: Tensor  # (M,) mean + std
-    passes_iou: Tensor  # (M, K) bool, candidate IoU >= threshold
-    center_inside: Tensor  # (M, K) bool, prior centre inside the box (by > center_eps)
-    positive: Tensor  # (M, K) bool, both tests passed: the box claims this prior
+    passes_iou: Tensor  # (M, N) bool, candidate IoU >= threshold
+    center_inside: Tensor  # (M, N) bool, prior centre inside the box (by > center_eps)
+    positive: Tensor  # (M, N) bool, both tests passed: the box claims this prior
     result: AssignResult  # (A,) fields, after each prior went to its best box
 
     def table(self, box: int) -> pandas.DataFrame:
@@ -268,19 +268,19 @@ def explain_atss(
         order = torch.sort(distances[:, start:end], dim=1, stable=True).indices  # (M, n)
         candidate_index.append(order[:, :k] + start)  # (M, k)
         candidate_level.append(torch.full((num_gt, k), level, dtype=torch.long, device=device))
-    candidate_index = torch.cat(candidate_index, dim=1)  # (M, K)
-    candidate_level = torch.cat(candidate_level, dim=1)  # (M, K)
+    candidate_index = torch.cat(candidate_index, dim=1)  # (M, N)
+    candidate_level = torch.cat(candidate_level, dim=1)  # (M, N)
 
     # 3. Each box's threshold: mean + unbiased std of its candidates' IoUs.
-    candidate_iou = iou.gather(1, candidate_index)  # (M, K)
+    candidate_iou = iou.gather(1, candidate_index)  # (M, N)
     iou_mean = candidate_iou.mean(dim=1)  # (M,)
     iou_std = _unbiased_std(candidate_iou)  # (M,)
     iou_threshold = iou_mean + iou_std
-    passes_iou = candidate_iou >= iou_threshold[:, None]  # (M, K)
+    passes_iou = candidate_iou >= iou_threshold[:, None]  # (M, N)
 
     # 4. The candidate's centre must lie inside the box.
-    boxes = gt_boxes[:, None, :].expand(-1, num_candidates, -1)  # (M, K, 4)
-    center_inside = _center_inside(prior_centers[candidate_index], boxes, center_eps)  # (M, K)
+    boxes = gt_boxes[:, None, :].expand(-1, num_candidates, -1)  # (M, N, 4)
+    center_inside = _center_inside(prior_centers[candidate_index], boxes, center_eps)  # (M, N)
     positive = passes_iou & center_inside
 
     # 5. A prior claimed by several boxes learns the one with the highest IoU; max over
@@ -407,7 +407,7 @@ def assign_atss_batched(
     """ATSS on a padded batch at once; equals :func:`assign_atss` image by image exactly.
 
     The same five steps with a batch dimension, and three shortcuts that change no
-    value: IoUs are computed for the candidates only (K per box instead of A); the k
+    value: IoUs are computed for the candidates only (N per box instead of A); the k
     nearest priors come from ``topk`` plus an explicit tie rule instead of a full sort;
     and each prior's winning box comes from scattering the claims onto the priors
     instead of a (B, M, A) matrix. ``benchmarks/atss.py`` times it against the loop.
@@ -459,30 +459,30 @@ def assign_atss_batched(
             if k > 0
         ],
         dim=-1,
-    )  # (B, M, K)
+    )  # (B, M, N)
     num_candidates = candidate_index.shape[-1]
 
     # 3. IoUs of the candidates only, and each box's threshold.
-    candidate_boxes = priors[candidate_index]  # (B, M, K, 4)
-    boxes = gt_boxes[:, :, None, :].expand(-1, -1, num_candidates, -1)  # (B, M, K, 4)
-    candidate_iou = box_iou_aligned(candidate_boxes, boxes)  # (B, M, K)
+    candidate_boxes = priors[candidate_index]  # (B, M, N, 4)
+    boxes = gt_boxes[:, :, None, :].expand(-1, -1, num_candidates, -1)  # (B, M, N, 4)
+    candidate_iou = box_iou_aligned(candidate_boxes, boxes)  # (B, M, N)
     iou_threshold = candidate_iou.mean(dim=-1) + _unbiased_std(candidate_iou)  # (B, M)
     passes_iou = candidate_iou >= iou_threshold[..., None]
 
     # 4. Centre inside the box; padded boxes claim nothing.
     center_inside = _center_inside(prior_centers[candidate_index], boxes, center_eps)
-    positive = passes_iou & center_inside & gt_mask[..., None]  # (B, M, K)
+    positive = passes_iou & center_inside & gt_mask[..., None]  # (B, M, N)
 
     # 5. Highest IoU wins a prior claimed by several boxes (lowest box index on ties).
-    # Scatters from the M K claims of each image to its A priors rather than a (B, M, A)
+    # Scatters from the M N claims of each image to its A priors rather than a (B, M, A)
     # matrix: first the best IoU of each prior, then the lowest box index among the
     # claims that reach it (a losing claim carries M, which never wins the minimum).
-    claims = candidate_index.flatten(1)  # (B, M K) the prior of each claim
-    claim_iou = torch.where(positive, candidate_iou, -torch.inf).flatten(1)  # (B, M K)
+    claims = candidate_index.flatten(1)  # (B, M N) the prior of each claim
+    claim_iou = torch.where(positive, candidate_iou, -torch.inf).flatten(1)  # (B, M N)
     best_iou = torch.full((batch_size, num_priors), -torch.inf, dtype=priors.dtype, device=device)
     best_iou.scatter_reduce_(1, claims, claim_iou, reduce="amax")  # (B, A)
     claim_box = torch.arange(num_gt, device=device)[None, :, None].expand_as(candidate_index)
-    wins = positive.flatten(1) & (claim_iou == best_iou.gather(1, claims))  # (B, M K)
+    wins = positive.flatten(1) & (claim_iou == best_iou.gather(1, claims))  # (B, M N)
     best_gt = torch.full((batch_size, num_priors), num_gt, dtype=torch.long, device=device)
     best_gt.scatter_reduce_(1, claims, torch.where(wins, claim_box.flatten(1), num_gt), "amin")
     best_gt = best_gt.clamp(max=num_gt - 1)  # unclaimed priors: a valid index, masked next
