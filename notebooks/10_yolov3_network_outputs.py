@@ -50,6 +50,7 @@ import pandas as pd
 import torch
 from IPython.display import display
 
+from detutils.checks import check_close, check_equal, check_passed, check_true
 from detutils.coders import decode_yolo
 from detutils.data.shapes import render_sample
 from detutils.models.darknet import Darknet, parse_darknet_cfg, read_darknet_cfg
@@ -452,7 +453,7 @@ table[table["name"].isin([f"network.layers.{i}" for i in range(75, 87)])]
 table[table["name"].isin(["network", "(output)"])]
 
 # %% [markdown]
-# Each head output is `(B, A, H, W, 5 + C)`: for each of the A = 3 anchors of the head
+# Each head output is `(B, K, H, W, 5 + C)`: for each of the K = 3 anchors of the head
 # and each of the H × W cells, 85 numbers. The head conv emits them as
 # `(B, 3 · 85, H, W)`; the `[yolo]` layer only reshapes, so that the last dimension
 # holds one prediction. At 416 px the grids are 416 / 32 = 13, 416 / 16 = 26 and
@@ -480,13 +481,13 @@ assert [tuple(raw.shape) for raw in tiny_raw] == [(1, 3, 13, 13, 85), (1, 3, 26,
 # %% [markdown]
 # ## 6. From raw outputs to boxes
 #
-# The 85 numbers of one prediction, for anchor `a` of cell `(y, x)` of a head with
+# The 85 numbers of one prediction, for anchor `k` of cell `(y, x)` of a head with
 # stride `s`:
 #
 # | channels | name | decoded |
 # | --- | --- | --- |
 # | 0, 1 | t_x, t_y | centre `(sigmoid(t_xy) + (x, y)) · s`: the sigmoid keeps it inside the cell |
-# | 2, 3 | t_w, t_h | size `exp(t_wh) · anchor_a`: a scale of the anchor, always positive |
+# | 2, 3 | t_w, t_h | size `exp(t_wh) · anchor_k`: a scale of the anchor, always positive |
 # | 4 | objectness logit | `sigmoid`: is there an object centred in this cell, for this anchor |
 # | 5 ... 84 | class logits | `sigmoid` each: independent class probabilities, not a softmax |
 #
@@ -494,15 +495,15 @@ assert [tuple(raw.shape) for raw in tiny_raw] == [(1, 3, 13, 13, 85), (1, 3, 26,
 
 # %%
 head = model.heads[0]
-raw = raw_outputs[0]  # (B, A, H, W, 5 + C)
+raw = raw_outputs[0]  # (B, K, H, W, 5 + C)
 _, num_anchors, height, width, _ = raw.shape
 grid_y, grid_x = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
 grid_xy = torch.stack([grid_x, grid_y], dim=-1).to(raw)  # (H, W, 2): column x, row y
-anchor_wh = head.anchors.view(1, num_anchors, 1, 1, 2)  # (1, A, 1, 1, 2) px
-centre = (raw[..., :2].sigmoid() + grid_xy) * head.stride  # (B, A, H, W, 2) px
-size = raw[..., 2:4].exp() * anchor_wh  # (B, A, H, W, 2) px
-boxes = torch.cat([centre - size / 2, centre + size / 2], dim=-1)  # (B, A, H, W, 4) xyxy
-inline = torch.cat([boxes, raw[..., 4:].sigmoid()], dim=-1).flatten(1, 3)  # (B, A H W, 85)
+anchor_wh = head.anchors.view(1, num_anchors, 1, 1, 2)  # (1, K, 1, 1, 2) px
+centre = (raw[..., :2].sigmoid() + grid_xy) * head.stride  # (B, K, H, W, 2) px
+size = raw[..., 2:4].exp() * anchor_wh  # (B, K, H, W, 2) px
+boxes = torch.cat([centre - size / 2, centre + size / 2], dim=-1)  # (B, K, H, W, 4) xyxy
+inline = torch.cat([boxes, raw[..., 4:].sigmoid()], dim=-1).flatten(1, 3)  # (B, K H W, 85)
 torch.testing.assert_close(inline, head.decode(raw))
 torch.testing.assert_close(inline, decoded[:, : num_anchors * height * width])
 print("inline decoding == YOLOLayer.decode == the first", num_anchors * height * width, "rows")
@@ -510,14 +511,14 @@ print("inline decoding == YOLOLayer.decode == the first", num_anchors * height *
 # %% [markdown]
 # The box part is `detutils.coders.decode_yolo` (notebook 02); `YOLOLayer.decode`
 # adds the sigmoids and flattens anchor by anchor, each anchor row-major, so row
-# `a · H · W + y · W + x` of the decoded tensor is anchor `a` of cell `(y, x)`:
+# `k · H · W + y · W + x` of the decoded tensor is anchor `k` of cell `(y, x)`:
 
 # %%
-a, y, x = 2, 6, 9
-row = a * height * width + y * width + x
-single = decode_yolo(raw[0, a, y, x], torch.tensor([x, y]).to(raw), head.anchors[a], head.stride)
+k, y, x = 2, 6, 9
+row = k * height * width + y * width + x
+single = decode_yolo(raw[0, k, y, x], torch.tensor([x, y]).to(raw), head.anchors[k], head.stride)
 torch.testing.assert_close(decoded[0, row, :4], single)
-print(f"anchor {a}, cell (y={y}, x={x}) -> row {row}")
+print(f"anchor {k}, cell (y={y}, x={x}) -> row {row}")
 
 # %% [markdown]
 # What does an untrained network predict? Its weights are random, but two things are
@@ -594,64 +595,157 @@ pd.DataFrame(rows)
 #
 # ## Exercises
 #
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
 # **Exercise 1.** Count by hand the parameters of layer 81, the head conv of the
 # stride-32 head (1 × 1, 1024 input channels, 255 filters, with bias, no batch norm),
 # and of one residual block of the last stage, layers 63-64 (a 1 × 1 conv 1024 → 512
 # and a 3 × 3 conv 512 → 1024, each without bias but with batch norm, whose weight
-# and bias count as parameters). Check against the modules.
+# and bias count as parameters). Assign the two integers to `head_conv_params` and
+# `block_params`, written as arithmetic on the sizes above, not read off the modules.
 
 # %% tags=["solution"]
-head_conv = 1024 * 255 + 255  # weights + biases
-block = (1024 * 512 + 2 * 512) + (3 * 3 * 512 * 1024 + 2 * 1024)  # conv + batch norm, twice
-assert count_parameters(network.layers[81]) == head_conv
-assert count_parameters(network.layers[63]) + count_parameters(network.layers[64]) == block
-print(f"head conv: {head_conv:,}; residual block: {block:,}")
+head_conv_params = block_params = None  # int each
+### BEGIN SOLUTION
+head_conv_params = 1024 * 255 + 255  # weights + biases
+block_params = (1024 * 512 + 2 * 512) + (3 * 3 * 512 * 1024 + 2 * 1024)  # conv + BN, twice
+### END SOLUTION
+print(f"head conv: {head_conv_params}; residual block: {block_params}")
+
+# %% tags=["check"]
+check_true(
+    head_conv_params is not None and block_params is not None,
+    "`head_conv_params` or `block_params` is still None: assign your two counts (int).",
+    hint="a conv has k * k * in * out weights; a bias adds one number per filter, a batch "
+    "norm two (its weight and bias).",
+)  # fmt: skip
+check_equal(
+    "head_conv_params", head_conv_params, count_parameters(network.layers[81]),
+    hint="a 1 x 1 conv with bias: in_channels * filters weights, plus one bias per filter.",
+)  # fmt: skip
+check_equal(
+    "block_params", block_params,
+    count_parameters(network.layers[63]) + count_parameters(network.layers[64]),
+    hint="each conv: k * k * in * out weights (no bias), and its batch norm a weight and a "
+    "bias per output channel (2 * out); the running mean and variance are buffers.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+for first in (66, 69, 72):  # the other residual blocks of the stage are the same
+    check_equal(
+        f"block_params (layers {first}-{first + 1})", block_params,
+        count_parameters(network.layers[first]) + count_parameters(network.layers[first + 1]),
+        hint="every residual block of the last stage has the same two convs",
+    )  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 1")
 
 # %% [markdown]
 # **Exercise 2.** Without computing anything: build YOLOv3 on the `meta` device (shapes
-# only, no memory, no arithmetic) and find the head output shapes and the number of
-# predictions for a 608 × 608 input. Derive the number first.
+# only, no memory, no arithmetic) and find the head output shapes for a 608 × 608
+# input. Assign `meta_shapes`, the list of the three output shapes as tuples (coarse
+# to fine), and `num_predictions_608`, the number of predictions per image; derive
+# that number by hand first.
 
 # %% tags=["solution"]
+meta_shapes = None  # list of three tuples (B, K, H, W, 5 + C)
+num_predictions_608 = None  # int
+### BEGIN SOLUTION
 # 608 / 32 = 19, 608 / 16 = 38, 608 / 8 = 76: 3 x (19^2 + 38^2 + 76^2) = 22,743 predictions.
 with torch.device("meta"):
     meta_model = build_yolov3(num_classes=80)
     meta_raw = meta_model.network(torch.empty(1, 3, 608, 608))
 meta_shapes = [tuple(raw.shape) for raw in meta_raw]
-print(meta_shapes)
-assert meta_shapes == [(1, 3, 19, 19, 85), (1, 3, 38, 38, 85), (1, 3, 76, 76, 85)]
-assert sum(3 * s[2] * s[3] for s in meta_shapes) == 22_743
+num_predictions_608 = sum(shape[1] * shape[2] * shape[3] for shape in meta_shapes)
+### END SOLUTION
+print(meta_shapes, num_predictions_608)
+
+# %% tags=["check"]
+check_true(meta_shapes is not None, "`meta_shapes` is still None: assign a list of 3 shapes.",
+           hint="with torch.device('meta'): build the model, call model.network on "
+           "torch.empty(1, 3, 608, 608), and take tuple(raw.shape) of each output.")  # fmt: skip
+check_equal(
+    "meta_shapes", [tuple(shape) for shape in meta_shapes],
+    [(1, 3, 19, 19, 85), (1, 3, 38, 38, 85), (1, 3, 76, 76, 85)],
+    hint="one (B, K, H, W, 5 + C) per head, strides 32, 16, 8: H = W = 608 / stride; "
+    "K = 3 anchors, 5 + 80 numbers each.",
+)  # fmt: skip
+check_true(
+    num_predictions_608 is not None, "`num_predictions_608` is still None: assign an int.",
+    hint="count K x H x W predictions for each of the three heads.",
+)  # fmt: skip
+check_equal(
+    "num_predictions_608", num_predictions_608, 3 * (19**2 + 38**2 + 76**2),
+    hint="K x H x W predictions per head, summed over the three heads.",
+)  # fmt: skip
+check_passed("Exercise 2")
 
 # %% [markdown]
 # **Exercise 3.** YOLOv3-tiny's cfg also has routes (and max pooling, which changes the
 # stride like a stride-2 conv, except the size-2 stride-1 pool that keeps it). Which
-# of its outputs must be kept, and until when? Use `last_readers` on its specs and
-# compare with `keep` and `release_after`.
+# of its outputs must be kept, and until when? Apply `last_readers` to its specs
+# (`tiny.network.specs`) and assign the result to `tiny_last`, a dict
+# `{kept layer: its last reader}`.
 
 # %% tags=["solution"]
+tiny_last = None  # dict {kept layer: last layer that reads it}
+### BEGIN SOLUTION
 tiny_last = last_readers(tiny.network.specs)
+### END SOLUTION
 routes = {
     index: spec.sources for index, spec in enumerate(tiny.network.specs) if spec.kind == "route"
 }
 print("routes:", routes, "- kept:", tiny_last)
-assert set(tiny_last) == tiny.network.keep == {8, 13}
-assert tiny.network.release_after == {17: (13,), 20: (8,)}
+
+# %% tags=["check"]
+# Darknet.release_after maps a reader to the kept outputs it reads last; inverted:
+release_after = tiny.network.release_after
+expected_last = {source: reader for reader, sources in release_after.items() for source in sources}
+check_true(isinstance(tiny_last, dict), "`tiny_last` should be a dict {kept layer: reader}.",
+           hint="last_readers(tiny.network.specs) returns that dict.")  # fmt: skip
+check_equal(
+    "tiny_last", tiny_last, expected_last,
+    hint="tiny has two routes; the output each reads out of sequence (not the layer just "
+    "before it) is kept until that route: layer 13 until 17, layer 8 until 20.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_equal("kept layers", set(tiny_last), set(tiny.network.keep), hint="Darknet.keep")
+### END HIDDEN TESTS
+check_passed("Exercise 3")
 
 # %% [markdown]
 # **Exercise 4.** Decode by hand the raw prediction `t = (0, 1, ln 2, 0)` of anchor 1
 # (62 × 45 px) at cell `(y = 3, x = 5)` of the stride-16 head: centre and size in
-# pixels, then the xyxy box. Check with `decode_yolo`.
+# pixels, then the xyxy box. Assign the box to `by_hand`, a tensor of shape `(4,)`,
+# written with the formulas of section 6 (only the sigmoid of 1 needs a computer); the
+# check compares it with `decode_yolo`.
 
 # %% tags=["solution"]
+by_hand = None  # (4,) xyxy px
+### BEGIN SOLUTION
 # centre x = (sigmoid(0) + 5) * 16 = 88; centre y = (sigmoid(1) + 3) * 16
 # width = exp(ln 2) * 62 = 124; height = exp(0) * 45 = 45
 sigmoid_one = 1 / (1 + torch.exp(torch.tensor(-1.0)))
 centre_x, centre_y = 88.0, (sigmoid_one.item() + 3) * 16
 by_hand = torch.tensor([centre_x - 62, centre_y - 22.5, centre_x + 62, centre_y + 22.5])
+### END SOLUTION
+if by_hand is not None:
+    print("xyxy:", [f"{value:.4g}" for value in torch.as_tensor(by_hand).tolist()])
+
+# %% tags=["check"]
 t = torch.tensor([0.0, 1.0, torch.log(torch.tensor(2.0)).item(), 0.0])
 decoded_box = decode_yolo(t, torch.tensor([5.0, 3.0]), torch.tensor([62.0, 45.0]), 16)
-torch.testing.assert_close(decoded_box, by_hand)
-print("xyxy:", [f"{value:.4f}" for value in decoded_box.tolist()])
+check_close(
+    "by_hand", by_hand, decoded_box,
+    hint="centre = (sigmoid(t_xy) + (x, y)) * 16 = (88, (sigmoid(1) + 3) * 16); size = "
+    "exp(t_wh) * (62, 45) = (124, 45); xyxy = centre -/+ size / 2.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+by_hand_tensor = torch.as_tensor(by_hand, dtype=torch.float32)
+check_close("width and height of by_hand", by_hand_tensor[2:] - by_hand_tensor[:2],
+            [124.0, 45.0], hint="exp(ln 2) * 62 = 124, exp(0) * 45 = 45")  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 4")
 
 # %% [markdown]
 # ## Further reading

@@ -49,9 +49,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from IPython.display import display
+from ipywidgets import FloatSlider, interact
 
 from detutils import boxes as box_ops
 from detutils.assigners import BACKGROUND, build_yolov3_targets, pad_ground_truth, wh_iou
+from detutils.checks import check_close, check_equal, check_passed, check_true
 from detutils.data.shapes import CLASS_NAMES, render_sample
 from detutils.models.darknet import read_darknet_cfg
 from detutils.models.yolov3 import CFG_DIR
@@ -133,7 +135,7 @@ print(f"40x20 against 30x30: {value.item():.4f}")
 
 # %% [markdown]
 # Every anchor against every box of the image. Element `k, j` is the wh-IoU of anchor
-# `k` and box `j`; from now on the function is `detutils.assigners.yolov3_targets`. It does not
+# `k` and box `j`; from now on the function is `detutils.assigners.wh_iou`. It does not
 # care about the unit: pixels or grid cells (both divided by the stride) give the same
 # matrix.
 
@@ -269,11 +271,11 @@ for layer, (target, stride) in enumerate(zip(targets, strides, strict=True)):
 
 # %%
 def anchor_boxes_at_cells(anchors, stride, height, width):
-    """(A H W, 4) xyxy px: every anchor centred on every cell, anchor-major, row-major."""
+    """(K H W, 4) xyxy px: each of the K anchors on every cell, anchor-major, row-major."""
     ys, xs = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
     centres = (torch.stack([xs, ys], dim=-1).reshape(-1, 2) + 0.5) * stride  # (H W, 2)
-    half = anchors[:, None, :] / 2  # (A, 1, 2)
-    return torch.cat([centres - half, centres + half], dim=-1).reshape(-1, 4)  # (A H W, 4)
+    half = anchors[:, None, :] / 2  # (K, 1, 2)
+    return torch.cat([centres - half, centres + half], dim=-1).reshape(-1, 4)  # (K H W, 4)
 
 
 faded = 255 - ((255 - image) * 0.4).astype("uint8")  # a pale image, so the overlays stand out
@@ -360,6 +362,51 @@ assert (sweep.diff(axis=1).iloc[:, 1:] <= 0).all().all()  # never more positives
 print("boxes without a positive at iou_t 0.6:", list(sweep.index[sweep["iou_t 0.6"] == 0]))
 
 # %% [markdown]
+# Per layer, at the reference's 0.2: the large boxes are learnt on stride 32, the
+# middle ones on strides 32 and 16, the two small stars on 16 and 8. Raising `iou_t`
+# takes positives away layer by layer; move the slider of the second figure to see
+# which boxes go first.
+
+
+# %%
+def positives_per_box_and_layer(iou_t):
+    """(M, 3) positives of each box of the image on each layer (stride 32, 16, 8)."""
+    layer_targets = build_yolov3_targets(
+        gt_boxes[None], gt_labels[None], gt_mask, layer_anchors, strides, feature_sizes,
+        iou_t=iou_t,
+    )  # fmt: skip
+    return torch.stack(
+        [torch.bincount(target.gt_index, minlength=len(gt_boxes)) for target in layer_targets],
+        dim=1,
+    )
+
+
+def plot_positives(iou_t=0.2):
+    """Positives per box of the image, stacked by layer, for one iou_t."""
+    counts = positives_per_box_and_layer(iou_t)  # (M, 3)
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    left = torch.zeros(len(gt_boxes), dtype=torch.long)
+    for layer, stride in enumerate(strides):
+        ax.barh(box_names, counts[:, layer], left=left, label=f"stride {stride}")
+        left = left + counts[:, layer]
+    ax.set_xlim(0, 9)
+    ax.invert_yaxis()
+    ax.set_xlabel("positives")
+    ax.legend(fontsize=8, loc="lower right")
+    lost = int((counts.sum(dim=1) == 0).sum())
+    ax.set_title(f"iou_t = {iou_t:.2f}: {int(counts.sum())} positives, {lost} boxes with none")
+    plt.show()
+
+
+plot_positives(0.2)
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (an interactive version of the figure above: move the slider; the figure above is
+# the one the tests check)
+_ = interact(plot_positives, iou_t=FloatSlider(value=0.2, min=0.0, max=0.8, step=0.05))
+
+# %% [markdown]
 # The same count over the first 100 images of the validation split, as one padded
 # batch (`pad_ground_truth`, the way `YOLOv3.loss` feeds a batch to
 # `build_yolov3_targets`); a positive's box is `(image, gt_index)`:
@@ -431,41 +478,105 @@ assert at.loc[0.2, "boxes with none (%)"] == 0 and at.loc[0.5, "boxes with none 
 #
 # ## Exercises
 #
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
 # **Exercise 1.** A box of height 30 px against the square anchor 30 × 30. For which
 # widths is its wh-IoU above 0.2? Derive the interval (two cases: narrower or wider
-# than the anchor), then check just inside and just outside both ends with `wh_iou`.
+# than the anchor) and assign its ends, in pixels, to `width_low` and `width_high`
+# (the wh-IoU exceeds 0.2 for `width_low < w < width_high`); then look at `wh_iou`
+# just inside and just outside both ends.
 
 # %% tags=["solution"]
+width_low = width_high = None  # px, numbers
+### BEGIN SOLUTION
 # w <= 30: IoU = 30 w / 900 = w / 30 > 0.2  =>  w > 6.
 # w >= 30: IoU = 900 / (30 w) = 30 / w > 0.2  =>  w < 150.
+width_low, width_high = 6.0, 150.0
 anchor = torch.tensor([[30.0, 30.0]])
-widths = torch.tensor([5.9, 6.1, 149.9, 150.1])
+widths = torch.tensor([width_low - 0.1, width_low + 0.1, width_high - 0.1, width_high + 0.1])
 values = wh_iou(anchor, torch.stack([widths, torch.full_like(widths, 30.0)], dim=1))[0]
-print([f"{v:.4f}" for v in values.tolist()])
-assert (values > 0.2).tolist() == [False, True, True, False]
+print("wh-IoU just outside, inside, inside, outside:", [f"{v:.4f}" for v in values.tolist()])
+### END SOLUTION
+print(f"wh-IoU > 0.2 for {width_low} < w < {width_high}")
+
+# %% tags=["check"]
+check_close(
+    "width_low", width_low, 6.0,
+    hint="narrower than the anchor: intersection 30 w, union 900, so wh-IoU = w / 30; "
+    "solve w / 30 = 0.2.",
+)  # fmt: skip
+check_close(
+    "width_high", width_high, 150.0,
+    hint="wider than the anchor: intersection 900 (the whole anchor), union 30 w, so "
+    "wh-IoU = 30 / w; solve 30 / w = 0.2.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+ends = torch.tensor([width_low - 0.1, width_low + 0.1, width_high - 0.1, width_high + 0.1])
+above = wh_iou(torch.tensor([[30.0, 30.0]]), torch.stack([ends, torch.full_like(ends, 30.0)], 1))
+check_equal(
+    "wh-IoU > 0.2 just outside and inside the ends", (above[0] > 0.2).tolist(),
+    [False, True, True, False], hint="the interval is open: the ends give exactly 0.2",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 1")
 
 # %% [markdown]
 # **Exercise 2.** What is the smallest square box YOLOv3 still learns at `iou_t = 0.2`?
-# Only the smallest anchor, 10 × 13, can match a tiny box. Derive the side, then check
-# with `build_yolov3_targets` that a slightly smaller square gets no positive at all
-# and a slightly larger one gets one.
+# Only the smallest anchor, 10 × 13, can match a tiny box. Derive the side and assign
+# it to `smallest_side` (px); then count, with `positives_per_box` (section 4, which
+# calls `build_yolov3_targets`), the positives of a square 0.05 px smaller and of one
+# 0.05 px larger: `positives_below` and `positives_above` (integers).
 
 # %% tags=["solution"]
-# side s < 10: intersection s^2, union 130  =>  s^2 / 130 > 0.2  =>  s > sqrt(26) = 5.099.
-side = 26**0.5
-print(f"smallest side: {side:.4f} px")
-for test_side, expected in [(side - 0.05, 0), (side + 0.05, 1)]:
+smallest_side = None  # px
+positives_below = positives_above = None  # int each
+### BEGIN SOLUTION
+# side d < 10: intersection d^2, union 130  =>  d^2 / 130 > 0.2  =>  d > sqrt(26) = 5.099.
+smallest_side = 26**0.5
+counts_near = []
+for test_side in (smallest_side - 0.05, smallest_side + 0.05):
     square = torch.tensor([[100.0, 100.0, 100.0 + test_side, 100.0 + test_side]])
-    assert positives_per_box(square, torch.tensor([0]), 0.2).item() == expected
+    counts_near.append(positives_per_box(square, torch.tensor([0]), 0.2).item())
+positives_below, positives_above = counts_near
+### END SOLUTION
+if smallest_side is not None:
+    print(f"smallest side: {smallest_side:.4g} px")
+print(f"positives just below and just above: {positives_below}, {positives_above}")
+
+# %% tags=["check"]
+check_close(
+    "smallest_side", smallest_side, 26**0.5,
+    hint="a square of side d < 10 lies inside the 10 x 13 anchor: intersection d^2, union "
+    "10 * 13 = 130; solve d^2 / 130 = 0.2.",
+)  # fmt: skip
+check_equal(
+    "positives_below", positives_below, 0,
+    hint="below the smallest side no anchor of any layer has a wh-IoU above 0.2: no positive.",
+)  # fmt: skip
+check_equal(
+    "positives_above", positives_above, 1,
+    hint="just above it only the 10 x 13 anchor (stride 8) matches: one positive. Use "
+    "positives_per_box(square (1, 4) xyxy, torch.tensor([0]), 0.2).item().",
+)  # fmt: skip
+check_passed("Exercise 2")
 
 # %% [markdown]
 # **Exercise 3.** A 16 × 16 box centred exactly on a cell corner, at (32, 32): which
-# cell takes it on each layer, and what is its centre offset? Check your answer with
-# `build_yolov3_targets` at `iou_t = 0` (so that every layer has positives).
+# cell takes it on each layer, and what is its centre offset? Assign `corner_cells`,
+# the `(gy, gx)` cell on each layer as a `(3, 2)` list or tensor (stride 32, 16, 8),
+# and `corner_offset`, the `(x, y)` offset of the centre in its cell (the same on every
+# layer). Confirm with `build_yolov3_targets` at `iou_t = 0` (so that every layer has
+# positives); the check does the same.
 
 # %% tags=["solution"]
+corner_box = torch.tensor([[[24.0, 24.0, 40.0, 40.0]]])  # (B, M, 4) = (1, 1, 4)
+corner_cells = None  # (3, 2): (gy, gx) on the layers of stride 32, 16, 8
+corner_offset = None  # (2,): (x, y) offset in the cell
+### BEGIN SOLUTION
 # floor(32 / s): stride 32 -> cell 1, stride 16 -> cell 2, stride 8 -> cell 4; offset 0.
-corner_box = torch.tensor([[[24.0, 24.0, 40.0, 40.0]]])
+corner_cells = [(32 // stride, 32 // stride) for stride in strides]
+corner_offset = [0.0, 0.0]
 corner_targets = build_yolov3_targets(
     corner_box,
     torch.tensor([[0]]),
@@ -475,39 +586,94 @@ corner_targets = build_yolov3_targets(
     feature_sizes,
     iou_t=0.0,
 )
-for target, stride in zip(corner_targets, strides, strict=True):
-    assert (target.gx == 32 // stride).all() and (target.gy == 32 // stride).all()
-    torch.testing.assert_close(target.box[:, :2], torch.zeros(3, 2))
 print("cells:", [(target.gy[0].item(), target.gx[0].item()) for target in corner_targets])
+### END SOLUTION
+print(f"cells {corner_cells}, offset {corner_offset}")
+
+# %% tags=["check"]
+at_zero = build_yolov3_targets(
+    corner_box, torch.tensor([[0]]), torch.ones(1, 1, dtype=torch.bool), layer_anchors,
+    strides, feature_sizes, iou_t=0.0,
+)  # fmt: skip
+expected_cells = torch.stack([torch.stack([t.gy[0], t.gx[0]]) for t in at_zero])  # (3, 2)
+check_close(
+    "corner_cells", corner_cells, expected_cells,
+    hint="the cell is (floor(cy / s), floor(cx / s)) with the centre (32, 32) and s = 32, "
+    "16, 8; a centre on a corner belongs to the cell below and to the right of it.",
+)  # fmt: skip
+for target, stride in zip(at_zero, strides, strict=True):
+    check_close(
+        f"corner_offset (stride {stride})", corner_offset, target.box[0, :2],
+        hint="the offset is centre / s - cell, in [0, 1): here the centre is the cell's corner.",
+    )  # fmt: skip
+check_passed("Exercise 3")
 
 # %% [markdown]
 # **Exercise 4.** Put this image and the next one of the split in one batch with
 # `detutils.assigners.pad_ground_truth` (the images hold different numbers of boxes,
-# so one is padded). Check that the batch gives the second image exactly the positives
-# it gets alone, with `image` = 1, and that no padded entry becomes a positive.
+# so one is padded): assign its three results to `pair_boxes` `(2, M, 4)`,
+# `pair_labels` `(2, M)` and `pair_mask` `(2, M)`, and the targets of the batch (the
+# default `iou_t`) to `pair_targets`, one `YOLOv3Targets` per layer. The check verifies
+# that the batch gives the second image exactly the positives it gets alone, with
+# `image` = 1, and that no padded entry becomes a positive.
 
 # %% tags=["solution"]
-_, boxes_1, labels_1 = load_sample(1)
+_, boxes_1, labels_1 = load_sample(1)  # the second image: (M1, 4) xyxy px and (M1,)
+pair_boxes = pair_labels = pair_mask = None  # (2, M, 4), (2, M), (2, M)
+pair_targets = None  # list of 3 YOLOv3Targets
+### BEGIN SOLUTION
 pair_boxes, pair_labels, pair_mask = pad_ground_truth(
     [{"boxes": gt_boxes, "labels": gt_labels}, {"boxes": boxes_1, "labels": labels_1}]
 )
-print("padded:", tuple(pair_boxes.shape), "real boxes per image:", pair_mask.sum(1).tolist())
 pair_targets = build_yolov3_targets(
     pair_boxes, pair_labels, pair_mask, layer_anchors, strides, feature_sizes
 )
+### END SOLUTION
+if pair_mask is not None:
+    print("padded:", tuple(pair_boxes.shape), "real boxes per image:", pair_mask.sum(1).tolist())
+
+# %% tags=["check"]
+check_true(
+    pair_mask is not None and pair_targets is not None,
+    "`pair_mask` or `pair_targets` is still None: assign the padded batch and its targets.",
+    hint="pad_ground_truth([{'boxes': ..., 'labels': ...}, {...}]) returns boxes, labels, "
+    "mask; pass all three to build_yolov3_targets with layer_anchors, strides, feature_sizes.",
+)  # fmt: skip
+check_close(
+    "pair_mask.sum(1)", pair_mask.sum(1), [len(gt_boxes), len(boxes_1)],
+    hint="the mask is True for the real boxes of each image, False for the padding.",
+)  # fmt: skip
+check_equal(
+    "len(pair_targets)", len(pair_targets), 3, hint="one YOLOv3Targets per layer"
+)  # fmt: skip
 alone = build_yolov3_targets(
-    boxes_1[None],
-    labels_1[None],
-    torch.ones(1, len(boxes_1), dtype=torch.bool),
-    layer_anchors,
-    strides,
-    feature_sizes,
-)
-for in_batch, single in zip(pair_targets, alone, strict=True):
+    boxes_1[None], labels_1[None], torch.ones(1, len(boxes_1), dtype=torch.bool),
+    layer_anchors, strides, feature_sizes,
+)  # fmt: skip
+for layer, (in_batch, single) in enumerate(zip(pair_targets, alone, strict=True)):
     second = in_batch.image == 1
     for name in ("anchor", "gy", "gx", "box", "labels", "gt_index"):
-        torch.testing.assert_close(getattr(in_batch, name)[second], getattr(single, name))
-    assert pair_mask[in_batch.image, in_batch.gt_index].all()  # only real boxes
+        check_close(
+            f"pair_targets[{layer}].{name} of image 1", getattr(in_batch, name)[second],
+            getattr(single, name),
+            hint="image 1 of the batch gets what it gets alone: same anchors, cells, boxes; "
+            "build the targets from the padded batch with the default iou_t.",
+        )  # fmt: skip
+    check_true(
+        bool(pair_mask[in_batch.image, in_batch.gt_index].all()),
+        f"layer {layer}: a padded entry of the batch became a positive.",
+        hint="pass pair_mask as gt_mask: build_yolov3_targets skips the entries it marks False.",
+    )  # fmt: skip
+### BEGIN HIDDEN TESTS
+for layer, (in_batch, single) in enumerate(zip(pair_targets, targets, strict=True)):
+    first = in_batch.image == 0  # image 0 is the image of sections 1-3
+    for name in ("anchor", "gy", "gx", "box", "labels", "gt_index"):
+        check_close(
+            f"pair_targets[{layer}].{name} of image 0", getattr(in_batch, name)[first],
+            getattr(single, name), hint="image 0 of the batch keeps the targets of section 3",
+        )  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 4")
 
 # %% [markdown]
 # ## Further reading

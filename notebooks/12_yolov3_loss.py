@@ -51,9 +51,11 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from ipywidgets import FloatSlider, interact
 
 from detutils import boxes as box_ops
 from detutils.assigners import build_yolov3_targets
+from detutils.checks import check_close, check_equal, check_passed, check_true
 from detutils.data.shapes import CLASS_NAMES, render_sample
 from detutils.losses import yolov3_loss
 from detutils.models.yolov3 import YOLOv3Config, build_yolov3
@@ -75,14 +77,15 @@ def bce(logit, target):
 # ## 1. The three terms
 #
 # For each YOLO layer with `n` positives (from `build_yolov3_targets`), raw output
-# `p` of shape `(B, A, H, W, 5 + C)`, and positive `k` at `(image, anchor, gy, gx)`:
+# `p` of shape `(B, K, H, W, 5 + C)` (K = 3 anchors per cell), and positive `i` at
+# `(image, anchor, gy, gx)`:
 #
 # - **box**: the predicted box in grid units, relative to the cell's corner, centre
 #   `sigmoid(t_xy)` and size `exp(t_wh) · anchor`, against the target box (offset in
-#   the cell, size): $\frac{1}{n}\sum_k \big(1 - \mathrm{GIoU}_k\big)$.
+#   the cell, size): $\frac{1}{n}\sum_i \big(1 - \mathrm{GIoU}_i\big)$.
 # - **obj**: BCE with logits of the objectness channel against a target that is 0
-#   everywhere except at the positives, where it is $(1 - g_r) + g_r\,\max(\mathrm{GIoU}_k,
-#   0)$; averaged over all `B · A · H · W` predictions of the layer.
+#   everywhere except at the positives, where it is $(1 - g_r) + g_r\,\max(\mathrm{GIoU}_i,
+#   0)$; averaged over all `B · K · H · W` predictions of the layer.
 # - **cls**: BCE with logits of the C class logits against the one-hot label, averaged
 #   over the `n · C` entries (only when C > 1: a one-class model has nothing to learn).
 #
@@ -124,7 +127,7 @@ print("anchor (cells):", target.anchor_wh.tolist(), "label:", target.labels.toli
 # - cls: logits (0, 2) against the one-hot (0, 1): BCE(0, 0) and BCE(2, 1), mean of 2.
 
 # %%
-small_raw = torch.zeros(1, 1, 2, 3, 7)  # (B, A, H, W, 5 + C)
+small_raw = torch.zeros(1, 1, 2, 3, 7)  # (B, K, H, W, 5 + C), K = 1
 small_raw[0, 0, 0, 1, 4] = 2.0  # objectness logit of the positive
 small_raw[0, 0, 0, 1, 6] = 2.0  # its class-1 logit
 giou = 0.5
@@ -182,7 +185,7 @@ for (height, width), stride in zip(feature_sizes, strides, strict=True):
     raw = 0.5 * torch.randn(1, 3, height, width, 5 + num_classes, generator=generator)
     raw[..., 4] += math.log(8 / (640 / stride) ** 2)
     raw[..., 5:] += math.log(0.6 / (num_classes - 0.99))
-    raw_outputs.append(raw.to(device))  # (B, A, H, W, 5 + C)
+    raw_outputs.append(raw.to(device))  # (B, K, H, W, 5 + C)
 targets = [type(target)(*(field.to(device) for field in target)) for target in targets]
 print([tuple(raw.shape) for raw in raw_outputs], "positives:", [len(t.image) for t in targets])
 
@@ -240,7 +243,7 @@ pd.DataFrame(
 # %%
 obj_terms, obj_targets = [], []
 for raw, target, giou in zip(raw_outputs, targets, gious, strict=True):
-    obj_target = torch.zeros_like(raw[..., 4])  # (B, A, H, W)
+    obj_target = torch.zeros_like(raw[..., 4])  # (B, K, H, W)
     obj_target[target.image, target.anchor, target.gy, target.gx] = giou.detach().clamp(min=0)
     obj_targets.append(obj_target)
     obj_terms.append(F.binary_cross_entropy_with_logits(raw[..., 4], obj_target))
@@ -354,6 +357,30 @@ ax.set_title("objectness target of a positive")
 ax.legend(fontsize=8)
 plt.show()
 
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (an interactive version of the figure above: move the slider; the figure above is
+# the one the tests check)
+def plot_objectness_target(gr=1.0):
+    """The objectness target of a positive against its GIoU, for one gr."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for end in (0.0, 1.0):  # gr = 0 and gr = 1, for comparison
+        ax.plot(giou_axis, (1 - end) + end * giou_axis.clamp(min=0), color="0.85")
+    ax.plot(giou_axis, (1 - gr) + gr * giou_axis.clamp(min=0), label=f"gr = {gr:.2f}")
+    at_positives = (1 - gr) + gr * all_gious.clamp(min=0)
+    ax.plot(all_gious, at_positives, "k|", markersize=12, label="this image's positives")
+    obj_term = yolov3_loss(raw_outputs, targets, gr=gr)["obj"].item()
+    ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("GIoU of the predicted box")
+    ax.set_ylabel("objectness target")
+    ax.set_title(f"objectness target of a positive (obj term {obj_term:.2f})")
+    ax.legend(fontsize=8)
+    plt.show()
+
+
+_ = interact(plot_objectness_target, gr=FloatSlider(value=1.0, min=0.0, max=1.0, step=0.05))
+
 # %%
 rows = []
 for gr in (0.0, 0.25, 0.5, 0.75, 1.0):
@@ -466,12 +493,19 @@ print(
 #
 # ## Exercises
 #
-# **Exercise 1.** Make the prediction perfect at the positives: set `t_xy` to the
-# logit of the target offset and `t_wh` to the log of target size / anchor size. Check
-# that the box term vanishes, and that the objectness term is now the same for
-# `gr = 0` and `gr = 1` (why?). Offsets of exactly 0 need a nudge: their logit is −∞.
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
+# **Exercise 1.** Make the prediction perfect at the positives: copy `raw_outputs` and,
+# at each positive, set `t_xy` to the logit of the target offset and `t_wh` to the log
+# of target size / anchor size. Assign the list of the three modified outputs (same
+# shapes as `raw_outputs`) to `perfect`. The check verifies that the box term vanishes
+# and that the objectness term is now the same for `gr = 0` and `gr = 1` (why?).
+# Offsets of exactly 0 need a nudge: their logit is −∞.
 
 # %% tags=["solution"]
+perfect = None  # list of 3 tensors, each (B, K, H, W, 5 + C) like raw_outputs
+### BEGIN SOLUTION
 perfect = [raw.clone() for raw in raw_outputs]
 for raw, target in zip(perfect, targets, strict=True):
     offsets = target.box[:, :2].clamp(1e-5, 1 - 1e-5)
@@ -479,35 +513,100 @@ for raw, target in zip(perfect, targets, strict=True):
     raw[target.image, target.anchor, target.gy, target.gx, 2:4] = torch.log(
         target.box[:, 2:] / target.anchor_wh
     )
+# GIoU = 1 at every positive, so (1 - gr) + gr * GIoU = 1 for any gr.
+### END SOLUTION
+
+# %% tags=["check"]
+check_true(
+    isinstance(perfect, list) and len(perfect) == len(raw_outputs),
+    "`perfect` should be a list of 3 tensors, one per layer, like `raw_outputs`.",
+    hint="start from [raw.clone() for raw in raw_outputs] and overwrite the box channels "
+    "at the positives, raw[target.image, target.anchor, target.gy, target.gx, :4].",
+)  # fmt: skip
+for layer, (mine, raw) in enumerate(zip(perfect, raw_outputs, strict=True)):
+    check_equal(
+        f"perfect[{layer}].shape", tuple(mine.shape), tuple(raw.shape),
+        hint="keep every output's shape (B, K, H, W, 5 + C); change values only.",
+    )  # fmt: skip
 perfect_gr1 = yolov3_loss(perfect, targets, gr=1.0)
 perfect_gr0 = yolov3_loss(perfect, targets, gr=0.0)
-print(f"box term: {perfect_gr1['box'].item():.4f}")
-assert perfect_gr1["box"] < 1e-3
-# GIoU = 1 at every positive, so (1 - gr) + gr * GIoU = 1 for any gr.
-torch.testing.assert_close(perfect_gr1["obj"], perfect_gr0["obj"], rtol=1e-4, atol=1e-4)
+check_true(
+    perfect_gr1["box"].item() < 1e-3,
+    f"the box term of `perfect` is {perfect_gr1['box'].item():.4g}; expected below 0.001.",
+    hint="sigmoid(t_xy) must give target.box[:, :2]: t_xy = torch.logit(offset), with the "
+    "offsets clamped to [1e-5, 1 - 1e-5]; exp(t_wh) * target.anchor_wh must give "
+    "target.box[:, 2:]: t_wh = log(target.box[:, 2:] / target.anchor_wh).",
+)  # fmt: skip
+check_close(
+    "obj term of `perfect` at gr = 0", perfect_gr0["obj"], perfect_gr1["obj"].detach(),
+    rtol=1e-4, atol=1e-4,
+    hint="at GIoU = 1 the positive's target (1 - gr) + gr * GIoU is 1 for every gr.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+for layer, (mine, raw) in enumerate(zip(perfect, raw_outputs, strict=True)):
+    check_close(
+        f"perfect[{layer}][..., 4:]", mine[..., 4:], raw[..., 4:],
+        hint="only the box channels t_xywh change; objectness and class logits stay",
+    )  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 1")
 
 # %% [markdown]
-# **Exercise 2.** Show that the loss does not depend on the batch size: a batch holding
-# this image twice must give the same four numbers as the image alone. (Use
-# `YOLOv3.loss`, which builds the targets of both images.)
+# **Exercise 2.** Show that the loss does not depend on the batch size: make a batch
+# that holds this image twice, `twice` (each raw output concatenated with itself along
+# the batch dimension, so B = 2), and assign its losses from `YOLOv3.loss` (which builds
+# the targets of both images) to `batch_losses`. The check compares the four numbers
+# with those of the image alone, `losses` (section 3.4).
 
 # %% tags=["solution"]
-twice = [torch.cat([raw, raw]) for raw in raw_outputs]
 ground_truth = {"boxes": gt_boxes.to(device), "labels": gt_labels.to(device)}
+twice = None  # list of 3 tensors, each (2, K, H, W, 5 + C)
+batch_losses = None  # dict {"box", "obj", "cls", "loss"} of scalar tensors
+### BEGIN SOLUTION
+twice = [torch.cat([raw, raw]) for raw in raw_outputs]
 batch_losses = model.loss(twice, [ground_truth, ground_truth])
-for name in losses:
-    torch.testing.assert_close(batch_losses[name], losses[name])
-print({name: f"{value.item():.4f}" for name, value in batch_losses.items()})
+### END SOLUTION
+if batch_losses is not None:
+    print({name: f"{value.item():.4g}" for name, value in batch_losses.items()})
+
+# %% tags=["check"]
+check_true(
+    twice is not None and [raw.shape[0] for raw in twice] == [2, 2, 2],
+    "`twice` should hold 3 raw outputs with B = 2 (the image twice).",
+    hint="torch.cat([raw, raw]) joins along dim 0, the batch dimension.",
+)  # fmt: skip
+check_true(
+    isinstance(batch_losses, dict),
+    "`batch_losses` should be the dict that model.loss returns.",
+    hint="model.loss(twice, [ground_truth, ground_truth]): one ground-truth dict per image.",
+)  # fmt: skip
+for name in ("box", "obj", "cls", "loss"):
+    check_close(
+        f'batch_losses["{name}"]', batch_losses.get(name), losses[name],
+        hint="each term is a mean (over positives, predictions or class entries) per layer; "
+        "a batch of the same image twice has twice the numerator and twice the denominator. "
+        "Give model.loss one ground-truth dict per image of the batch.",
+    )  # fmt: skip
+### BEGIN HIDDEN TESTS
+for layer, (mine, raw) in enumerate(zip(twice, raw_outputs, strict=True)):
+    check_close(f"twice[{layer}]", mine, torch.cat([raw, raw]), hint="the image twice")
+### END HIDDEN TESTS
+check_passed("Exercise 2")
 
 # %% [markdown]
 # **Exercise 3.** An image without any object: every prediction is a negative, and
 # only the objectness term remains. For a very negative logit `x` the BCE of a negative
 # is `softplus(x) ≈ e^x`, so a negative costs about its prior probability
-# `p = 8 / (640 / s)²`. Estimate the term from the priors alone, check it against
-# `yolov3_loss` with empty targets, and compare with what a head without the bias
-# initialisation (every logit 0) would cost.
+# `p = 8 / (640 / s)²`. Assign to `estimate` the term (gain included) estimated from
+# the priors alone; to `empty_losses` the dict `yolov3_loss` gives for `raw_outputs`
+# with empty targets (build them from ground truth of shape `(1, 0, 4)`); and to
+# `without_init` the term a head without the bias initialisation (every logit 0) would
+# cost.
 
 # %% tags=["solution"]
+estimate = without_init = None  # float each, gain included
+empty_losses = None  # dict {"box", "obj", "cls", "loss"}
+### BEGIN SOLUTION
 empty_targets = build_yolov3_targets(
     torch.zeros(1, 0, 4),
     torch.zeros(1, 0, dtype=torch.long),
@@ -520,24 +619,103 @@ empty_targets = [type(t)(*(field.to(device) for field in t)) for t in empty_targ
 empty_losses = yolov3_loss(raw_outputs, empty_targets)
 estimate = GAINS["obj"] * sum(8 / (640 / stride) ** 2 for stride in strides)
 without_init = GAINS["obj"] * 3 * math.log(2)  # BCE(0, 0) = log 2 in every cell of 3 layers
-print(f"estimate {estimate:.4f}, yolov3_loss {empty_losses['obj'].item():.4f}")
-print(f"with every logit 0: {without_init:.4f}")
-assert empty_losses["box"].item() == 0 and empty_losses["cls"].item() == 0
+### END SOLUTION
+if estimate is not None and without_init is not None:
+    print(f"estimate {estimate:.4g}, with every logit 0: {without_init:.4g}")
+
+# %% tags=["check"]
+check_close(
+    "estimate", estimate, 64.3 * (8 / 20**2 + 8 / 40**2 + 8 / 80**2), rtol=1e-3,
+    hint="the term is the gain times the sum over the 3 layers of a mean BCE, and each "
+    "negative costs about p = 8 / (640 / s)^2 at s = 32, 16, 8.",
+)  # fmt: skip
+check_true(
+    isinstance(empty_losses, dict),
+    "`empty_losses` should be the dict yolov3_loss returns.",
+    hint="build_yolov3_targets(torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.long), "
+    "torch.zeros(1, 0, dtype=torch.bool), anchors, strides, feature_sizes), then "
+    "yolov3_loss(raw_outputs, those targets).",
+)  # fmt: skip
+no_ground_truth = build_yolov3_targets(
+    torch.zeros(1, 0, 4), torch.zeros(1, 0, dtype=torch.long),
+    torch.zeros(1, 0, dtype=torch.bool), anchors, strides, feature_sizes,
+)  # fmt: skip
+no_ground_truth = [type(t)(*(field.to(device) for field in t)) for t in no_ground_truth]
+check_close(
+    'empty_losses["obj"]', empty_losses.get("obj"),
+    yolov3_loss(raw_outputs, no_ground_truth)["obj"],
+    hint="every target of the objectness map is 0: the term is the gain times the mean "
+    "BCE of the objectness logits against 0, summed over the layers.",
+)  # fmt: skip
+check_close(
+    "without_init", without_init, 64.3 * 3 * math.log(2), rtol=1e-3,
+    hint="with logit 0, BCE(0, 0) = log 2 for every prediction: the mean of each layer is "
+    "log 2, and there are 3 layers.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_close('empty_losses["box"]', empty_losses["box"], 0.0, hint="no positive, no box term")
+check_close('empty_losses["cls"]', empty_losses["cls"], 0.0, hint="no positive, no class term")
 # The noise makes the term a little larger: E[exp(x)] = p exp(sigma^2 / 2), about 1.13 p.
-assert estimate < empty_losses["obj"].item() < 1.25 * estimate
+check_true(
+    estimate < empty_losses["obj"].item() < 1.25 * estimate,
+    "the estimate should be a little below the measured term",
+    hint="logits are the prior plus noise of standard deviation 0.5",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 3")
 
 # %% [markdown]
 # **Exercise 4.** A one-class detector (C = 1) has no class term. Keep only the first
-# class channel of the prediction, relabel every box as class 0, and check that `cls` is
-# 0 while `box` is unchanged.
+# class channel of the prediction, `one_class` (a list of `(B, K, H, W, 5 + 1)`
+# tensors), relabel every box as class 0, `one_class_targets` (a list of three
+# `YOLOv3Targets`; a NamedTuple's `_replace` swaps one field), and assign
+# `yolov3_loss(one_class, one_class_targets)` to `one_class_losses`. The check verifies
+# that `cls` is 0 while `box` is unchanged.
 
 # %% tags=["solution"]
-one_class = [raw[..., :6] for raw in raw_outputs]  # (B, A, H, W, 5 + 1)
+one_class = None  # list of 3 tensors (B, K, H, W, 5 + 1)
+one_class_targets = None  # list of 3 YOLOv3Targets, every label 0
+one_class_losses = None  # dict {"box", "obj", "cls", "loss"}
+### BEGIN SOLUTION
+one_class = [raw[..., :6] for raw in raw_outputs]
 one_class_targets = [target._replace(labels=torch.zeros_like(target.labels)) for target in targets]
 one_class_losses = yolov3_loss(one_class, one_class_targets)
-assert one_class_losses["cls"].item() == 0.0
-torch.testing.assert_close(one_class_losses["box"], losses["box"])
-print({name: f"{value.item():.4f}" for name, value in one_class_losses.items()})
+### END SOLUTION
+if one_class_losses is not None:
+    print({name: f"{value.item():.4g}" for name, value in one_class_losses.items()})
+
+# %% tags=["check"]
+check_true(
+    one_class is not None and [raw.shape[-1] for raw in one_class] == [6, 6, 6],
+    "`one_class` should hold 3 outputs whose last dimension is 5 + 1 = 6.",
+    hint="raw[..., :6] keeps t_xywh, the objectness and the first class logit.",
+)  # fmt: skip
+check_true(
+    one_class_targets is not None
+    and all(bool((target.labels == 0).all()) for target in one_class_targets),
+    "`one_class_targets` should be the targets with every label 0.",
+    hint="target._replace(labels=torch.zeros_like(target.labels)) for each layer's target.",
+)  # fmt: skip
+check_true(
+    isinstance(one_class_losses, dict),
+    "`one_class_losses` should be the dict yolov3_loss returns.",
+    hint="yolov3_loss(one_class, one_class_targets)",
+)  # fmt: skip
+check_close(
+    'one_class_losses["cls"]', one_class_losses["cls"], 0.0,
+    hint="with C = 1 yolov3_loss adds no class term: one class leaves nothing to tell apart.",
+)  # fmt: skip
+check_close(
+    'one_class_losses["box"]', one_class_losses["box"], losses["box"],
+    hint="the box channels and the positives are those of section 3: the box term is the same.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_close(
+    'one_class_losses["obj"]', one_class_losses["obj"], losses["obj"],
+    hint="the objectness channel and its targets do not depend on the classes",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 4")
 
 # %% [markdown]
 # ## Further reading

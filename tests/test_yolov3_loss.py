@@ -251,7 +251,7 @@ def test_bad_input_is_rejected():
         yolov3_loss(raw, [target])
     with pytest.raises(ValueError, match="one target per YOLO layer"):
         yolov3_loss(raw, [target, target])
-    with pytest.raises(ValueError, match=r"\(B, A, H, W, 5 \+ 2\)"):
+    with pytest.raises(ValueError, match=r"\(B, K, H, W, 5 \+ 2\)"):
         yolov3_loss([raw[0], torch.zeros(1, 2, 2, 7)], [target, target])
     with pytest.raises(ValueError, match="gr"):
         yolov3_loss(raw, [target._replace(labels=torch.tensor([1]))], gr=1.5)

@@ -58,7 +58,7 @@ class YOLOv3Targets(NamedTuple):
     """
 
     image: Tensor  # (n,) long, image of the batch
-    anchor: Tensor  # (n,) long, anchor of the layer, 0 .. A - 1
+    anchor: Tensor  # (n,) long, anchor of the layer, 0 .. K - 1
     gy: Tensor  # (n,) long, cell row, 0 .. H - 1
     gx: Tensor  # (n,) long, cell column, 0 .. W - 1
     box: Tensor  # (n, 4) float: centre offset in the cell (x, y), width, height; grid units
@@ -95,11 +95,11 @@ def build_yolov3_targets(
 ) -> list[YOLOv3Targets]:
     """Match every ground-truth box to the anchors of every YOLO layer; build its targets.
 
-    For each layer with stride s, feature size (H, W) and A anchors:
+    For each layer with stride s, feature size (H, W) and K anchors:
 
     1. Boxes go to grid units: centre (cx, cy) / s and size (w, h) / s; anchors / s
        (the reference's ``anchor_vec``).
-    2. wh-IoU of every anchor with every valid box: (A, B, M).
+    2. wh-IoU of every anchor with every valid box: (K, B, M).
     3. A box is a positive of each anchor whose wh-IoU with it is above ``iou_t``;
        padded entries (``gt_mask`` False) never are.
     4. Its cell is the integer part of its centre, clamped to the grid: a centre exactly
@@ -115,7 +115,7 @@ def build_yolov3_targets(
         gt_boxes: (B, M, 4) xyxy, pixels of the network input, padded.
         gt_labels: (B, M) class ids.
         gt_mask: (B, M) bool, True for real boxes, False for padding.
-        anchors: one (A, 2) tensor per layer: anchor width and height, pixels.
+        anchors: one (K, 2) tensor per layer: anchor width and height, pixels.
         strides: pixels per cell of each layer.
         feature_sizes: (H, W) of each layer.
         iou_t: wh-IoU a box and an anchor must exceed to match (``hyp['iou_t']``).
@@ -145,14 +145,14 @@ def build_yolov3_targets(
         zip(anchors, strides, feature_sizes, strict=True)
     ):
         if not stride > 0 or layer_anchors.dim() != 2 or not (layer_anchors > 0).all():
-            raise ValueError(f"layer {layer}: stride and anchors (A, 2) must be positive")
+            raise ValueError(f"layer {layer}: stride and anchors (K, 2) must be positive")
         # 1. grid units
-        anchor_grid = layer_anchors.to(gt_boxes) / stride  # (A, 2)
+        anchor_grid = layer_anchors.to(gt_boxes) / stride  # (K, 2)
         center_grid, size_grid = center / stride, size / stride  # (B, M, 2) each
         # 2.-3. which (anchor, image, box) triples match
-        iou = wh_iou(anchor_grid, size_grid.reshape(-1, 2))  # (A, B M)
-        iou = iou.view(len(anchor_grid), batch, num_gt)  # (A, B, M)
-        match = (iou > iou_t) & gt_mask[None]  # (A, B, M)
+        iou = wh_iou(anchor_grid, size_grid.reshape(-1, 2))  # (K, B M)
+        iou = iou.view(len(anchor_grid), batch, num_gt)  # (K, B, M)
+        match = (iou > iou_t) & gt_mask[None]  # (K, B, M)
         anchor, image, gt_index = match.nonzero(as_tuple=True)  # (n,) each, anchor-major
         # 4. cells, clamped to the grid
         xy = center_grid[image, gt_index]  # (n, 2)

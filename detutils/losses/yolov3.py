@@ -73,7 +73,7 @@ def yolov3_loss(
     """The YOLOv3 loss of a batch (terms and scaling in the module docstring).
 
     Args:
-        raw_outputs: one (B, A, H, W, 5 + C) tensor per YOLO layer: t_x, t_y, t_w, t_h,
+        raw_outputs: one (B, K, H, W, 5 + C) tensor per YOLO layer: t_x, t_y, t_w, t_h,
             objectness logit, C class logits.
         targets: one :class:`YOLOv3Targets` per layer, from ``build_yolov3_targets``
             (box targets and anchor sizes in grid units).
@@ -85,7 +85,7 @@ def yolov3_loss(
         other three and carries the gradient.
 
     Raises:
-        ValueError: the lists differ in length, an output is not (B, A, H, W, 5 + C), or
+        ValueError: the lists differ in length, an output is not (B, K, H, W, 5 + C), or
             a target label is not below C.
 
     Reference: ultralytics/yolov3 (archive) ``utils/utils.py`` ``compute_loss``.
@@ -103,7 +103,7 @@ def yolov3_loss(
     for layer, raw in enumerate(raw_outputs):
         if raw.dim() != 5 or raw.shape[-1] != 5 + num_classes or num_classes < 1:
             raise ValueError(
-                f"raw_outputs[{layer}] must be (B, A, H, W, 5 + {num_classes}), got "
+                f"raw_outputs[{layer}] must be (B, K, H, W, 5 + {num_classes}), got "
                 f"{tuple(raw.shape)}"
             )
     device = raw_outputs[0].device
@@ -112,7 +112,7 @@ def yolov3_loss(
     cls_loss = torch.zeros((), device=device)
     for layer, (raw, target) in enumerate(zip(raw_outputs, targets, strict=True)):
         num_positives = target.image.numel()
-        obj_target = torch.zeros(raw.shape[:4], device=device)  # (B, A, H, W)
+        obj_target = torch.zeros(raw.shape[:4], device=device)  # (B, K, H, W)
         if num_positives:
             if int(target.labels.max()) >= num_classes or int(target.labels.min()) < 0:
                 raise ValueError(f"targets[{layer}] holds labels outside 0 .. {num_classes - 1}")

@@ -15,8 +15,8 @@ and YOLOv3-tiny:
     [upsample]       ``stride=2``: nearest-neighbour upsampling
     [maxpool]        ``size``, ``stride``; size 2 with stride 1 pads one zero row and column
                      on the right and bottom first, so the map keeps its size (YOLOv3-tiny)
-    [yolo]           a detection head: reshapes the previous conv's ``A (5 + C)`` channels
-                     to ``(B, A, H, W, 5 + C)``; ``mask`` picks its A anchors among ``anchors``
+    [yolo]           a detection head: reshapes the previous conv's ``K (5 + C)`` channels
+                     to ``(B, K, H, W, 5 + C)``; ``mask`` picks its K anchors among ``anchors``
 
 Which layer outputs must be kept. A plain chain of layers only ever reads the previous
 output. Routes and shortcuts also read older outputs, so those must be kept until read.
@@ -29,7 +29,7 @@ lets each go after its last reader. In YOLOv3, 27 of 107 layer outputs are ever 
 routes of the two upsampling paths (layers 36, 61, 79 and 91). In YOLOv3-tiny, 2 of 24
 (layers 8 and 13).
 
-The layer before a ``[yolo]`` block must be a convolution with ``A (5 + C)`` filters, no
+The layer before a ``[yolo]`` block must be a convolution with ``K (5 + C)`` filters, no
 batch norm and a linear activation: its outputs are raw logits and box offsets.
 ``num_classes`` rewrites ``classes=`` of every ``[yolo]`` block and ``filters=`` of the
 conv before it, so one cfg serves any class count.
@@ -177,11 +177,11 @@ class LayerSpec(NamedTuple):
 class YOLOLayer(nn.Module):
     """A YOLOv3 detection head: reshape a conv output, and decode it into pixel boxes.
 
-    The conv before it emits ``A (5 + C)`` channels per cell: for each of the A anchors,
+    The conv before it emits ``K (5 + C)`` channels per cell: for each of the K anchors,
     t_x, t_y, t_w, t_h, an objectness logit and C class logits.
 
     Attributes:
-        anchors: (A, 2) anchor width and height, pixels (a buffer: it follows ``.to``).
+        anchors: (K, 2) anchor width and height, pixels (a buffer: it follows ``.to``).
         stride: input pixels per cell of this head.
         num_classes: C.
     """
@@ -195,14 +195,14 @@ class YOLOLayer(nn.Module):
 
     @property
     def anchor_vec(self) -> Tensor:
-        """(A, 2) anchor sizes in cells of this head (pixels / stride), the reference's name."""
+        """(K, 2) anchor sizes in cells of this head (pixels / stride), the reference's name."""
         return self.anchors / self.stride
 
     def forward(self, features: Tensor) -> Tensor:
-        """(B, A (5 + C), H, W) conv output -> (B, A, H, W, 5 + C) raw predictions."""
+        """(B, K (5 + C), H, W) conv output -> (B, K, H, W, 5 + C) raw predictions."""
         batch, _, height, width = features.shape
         raw = features.view(batch, self.num_anchors, 5 + self.num_classes, height, width)
-        return raw.permute(0, 1, 3, 4, 2).contiguous()  # (B, A, H, W, 5 + C)
+        return raw.permute(0, 1, 3, 4, 2).contiguous()  # (B, K, H, W, 5 + C)
 
     def decode(self, raw: Tensor) -> Tensor:
         """Raw predictions -> boxes in pixels, objectness and class probabilities.
@@ -213,10 +213,10 @@ class YOLOLayer(nn.Module):
         model learns no class, so its score is the objectness alone).
 
         Args:
-            raw: (B, A, H, W, 5 + C) from :meth:`forward`.
+            raw: (B, K, H, W, 5 + C) from :meth:`forward`.
 
         Returns:
-            (B, A H W, 5 + C): x1, y1, x2, y2 in pixels (the reference stores cx, cy, w, h
+            (B, K H W, 5 + C): x1, y1, x2, y2 in pixels (the reference stores cx, cy, w, h
             here; the course uses xyxy), objectness, C class probabilities. Rows run
             anchor by anchor, each anchor row-major (y, then x).
 
@@ -229,12 +229,12 @@ class YOLOLayer(nn.Module):
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")  # (H, W) each
         grid_xy = torch.stack([grid_x, grid_y], dim=-1)  # (H, W, 2): column x, row y
         anchor_wh = self.anchors.to(raw.dtype).view(num_anchors, 1, 1, 2)  # (A, 1, 1, 2)
-        boxes = decode_yolo(raw, grid_xy, anchor_wh, self.stride)  # (B, A, H, W, 4)
-        scores = raw[..., 4:].sigmoid()  # (B, A, H, W, 1 + C)
+        boxes = decode_yolo(raw, grid_xy, anchor_wh, self.stride)  # (B, K, H, W, 4)
+        scores = raw[..., 4:].sigmoid()  # (B, K, H, W, 1 + C)
         if self.num_classes == 1:
             scores = torch.cat([scores[..., :1], torch.ones_like(scores[..., 1:])], dim=-1)
-        decoded = torch.cat([boxes, scores], dim=-1)  # (B, A, H, W, 5 + C)
-        return decoded.view(batch, -1, channels)  # (B, A H W, 5 + C)
+        decoded = torch.cat([boxes, scores], dim=-1)  # (B, K, H, W, 5 + C)
+        return decoded.view(batch, -1, channels)  # (B, K H W, 5 + C)
 
 
 def _with_num_classes(blocks: Sequence[CfgBlock], num_classes: int) -> list[CfgBlock]:
@@ -421,7 +421,7 @@ class Darknet(nn.Module):
             images: (B, channels, H, W), H and W multiples of the largest stride (32).
 
         Returns:
-            one raw tensor per [yolo] head, in cfg order: (B, A, H / s, W / s, 5 + C).
+            one raw tensor per [yolo] head, in cfg order: (B, K, H / s, W / s, 5 + C).
         """
         if images.dim() != 4 or images.shape[1] != self.in_channels:
             raise ValueError(

@@ -111,7 +111,7 @@ def init_head_biases(
         head: YOLOLayer = network.layers[index]
         conv = network.layers[index - 1].conv
         with torch.no_grad():
-            bias = conv.bias.view(head.num_anchors, 5 + head.num_classes)  # (A, 5 + C)
+            bias = conv.bias.view(head.num_anchors, 5 + head.num_classes)  # (K, 5 + C)
             bias[:, 4] += math.log(objects_per_image / (image_size / head.stride) ** 2)
             bias[:, 5:] += math.log(0.6 / (head.num_classes - 0.99))
 
