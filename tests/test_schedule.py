@@ -200,3 +200,22 @@ def test_warmup_bias_lr_gives_the_biases_their_own_falling_warm_up():
     groups = split_biases(parameter_groups(model, 0.1), model)
     split_count = sum(len(group["params"]) for group in groups)
     assert split_count == sum(len(group["params"]) for group in two.param_groups)
+
+
+def test_recipe_says_each_ingredient_in_words():
+    from detutils.engine.schedule import TrainSchedule
+
+    sgd = TrainSchedule(epochs=280, lr_schedule="step", step_milestones=(240 / 280, 260 / 280))
+    recipe = sgd.recipe()
+    assert recipe["optimizer"] == "SGD, Nesterov momentum 0.937"
+    assert recipe["decay"] == "x 0.1 at epochs 240, 260"
+    assert recipe["length"] == "280 epochs" and recipe["time guard"] == "none"
+    adamw = TrainSchedule(
+        iterations=500, optimizer="adamw", momentum=0.9, max_minutes=8.75, lr_by_time=True,
+        mosaic=1.0, amp=True, grad_clip=0.0,
+    )  # fmt: skip
+    recipe = adamw.recipe()
+    assert recipe["optimizer"] == "AdamW, beta1 0.9" and recipe["length"] == "500 steps"
+    assert recipe["augmentation"] == "flip, colour jitter, mosaic 1"
+    assert recipe["gradient clipping"] == "none" and recipe["time guard"] == "8.75 min"
+    assert TrainSchedule(augment=False).recipe()["augmentation"] == "none"

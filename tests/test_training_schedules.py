@@ -77,6 +77,18 @@ def test_gpu_schedules_follow_the_references():
     assert (yolo.warmup_epochs, yolo.final_lr_fraction, yolo.ema, yolo.amp) == (
         3.0, 0.01, True, True,
     )  # fmt: skip
+    # mosaic 1.0, scale 0.5, translate 0.1, hsv_h/s/v 0.015/0.7/0.4, warmup_bias_lr 0.1
+    assert (yolo.mosaic, yolo.scale, yolo.translate, yolo.hsv) == (1.0, 0.5, 0.1, (0.015, 0.7, 0.4))
+    assert yolo.warmup_bias_lr == 0.1
+    # NanoDet's pipeline: scale [0.6, 1.4], translate 0.2
+    assert (nanodet.scale, nanodet.translate) == (0.4, 0.2)
+    # ultralytics/yolov3 archive train.py: hyp lr0 0.01, momentum 0.937, weight_decay 5e-4,
+    # hsv 0.0138/0.678/0.36, cosine to 0.05, mosaic in training, biases from lr 0.1
+    yolov3 = yolov3_schedules()["gpu"]
+    assert (yolov3.lr, yolov3.momentum, yolov3.weight_decay, yolov3.final_lr_fraction) == (
+        0.01, 0.937, 5e-4, 0.05,
+    )  # fmt: skip
+    assert (yolov3.mosaic, yolov3.hsv, yolov3.warmup_bias_lr) == (1.0, (0.0138, 0.678, 0.36), 0.1)
 
 
 @pytest.mark.filterwarnings("ignore:AMP. no native low-precision kernels")

@@ -101,12 +101,13 @@ def yolov3_schedules() -> dict[str, TrainSchedule]:
     gpu  the reference's recipe (``train.py`` of ultralytics/yolov3, archive branch):
          SGD with Nesterov momentum 0.937, lr 0.01, weight decay 5e-4, 300 epochs, 64
          images per optimizer step (the reference accumulates 4 batches of 16), 3 epochs
-         of warm-up, a cosine to 0.05 lr, an EMA of the weights, mixed precision, at
-         416 px (the reference's test size; it trains multi-scale, 320 to 640 px,
-         which the course's trainer does not do). Differences from the reference: the
-         trainer clips the gradient norm at 10, and its warm-up ramps every parameter
-         group from 1 % of lr (the reference also ramps momentum and the biases'
-         rate, and ``gr`` from 0 to 1), and the class gain is not scaled by C / 80.
+         of warm-up with the biases' rate falling from 0.1, a cosine to 0.05 lr, an EMA
+         of the weights, mixed precision, mosaic and the reference's HSV gains, at
+         416 px. Differences from the reference: it trains multi-scale, 320 to 640 px,
+         and tests at 640 px, which the course's trainer does not do; the trainer
+         clips the gradient norm at 10; the warm-up is 3 epochs (the reference: at
+         least 500 steps), does not ramp the momentum and the weight decay, and does
+         not ramp ``gr`` from 0 to 1 (``YOLOv3Config.gr`` stays 1).
 
     Returns:
         ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
@@ -116,8 +117,9 @@ def yolov3_schedules() -> dict[str, TrainSchedule]:
         "cpu": cpu_budget_schedule(iterations=500, lr=0.002, img_size=320, channels_last=True),
         "gpu": TrainSchedule(
             epochs=300, batch_size=64, img_size=416, optimizer="sgd", lr=0.01,
-            momentum=0.937, weight_decay=5e-4, warmup_epochs=3.0, final_lr_fraction=0.05,
-            ema=True, amp=True, workers=8,
+            momentum=0.937, weight_decay=5e-4, warmup_epochs=3.0, warmup_bias_lr=0.1,
+            final_lr_fraction=0.05, ema=True, amp=True, mosaic=1.0,
+            hsv=(0.0138, 0.678, 0.36), workers=8,
         ),
     }  # fmt: skip
 
@@ -135,11 +137,13 @@ def nanodet_schedules() -> dict[str, TrainSchedule]:
          are bound by memory, not arithmetic.
     gpu  the recipe of NanoDet's ``config/nanodet-m.yml``: SGD with momentum 0.9, lr
          0.14 for 192 images a step, weight decay 1e-4, 280 epochs at 320 px, the rate
-         divided by 10 at epochs 240, 260 and 275, mixed precision. Differences: the
-         warm-up is half an epoch from 1 % of lr (NanoDet: 300 steps from 10 %), the
-         gradient norm is clipped at 10 (NanoDet: 35), and NanoDet's augmentation
-         (random scale 0.6 to 1.4, brightness, contrast, saturation) is the course's
-         flip and colour jitter.
+         divided by 10 at epochs 240, 260 and 275, random scale 0.6 to 1.4 and shift
+         up to 0.2 of the side. Differences: SGD with Nesterov momentum (NanoDet: plain
+         momentum), a warm-up of one epoch from 1 % of lr (NanoDet: 300 steps from
+         10 %), the gradient norm clipped at 10 (NanoDet: 35), mixed precision
+         (NanoDet: float32), the course's colour jitter for NanoDet's brightness,
+         contrast and saturation, and random initial weights (NanoDet starts from an
+         ImageNet-trained ShuffleNetV2).
 
     Returns:
         ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
@@ -151,7 +155,7 @@ def nanodet_schedules() -> dict[str, TrainSchedule]:
             epochs=280, batch_size=192, img_size=320, optimizer="sgd", lr=0.14,
             momentum=0.9, weight_decay=1e-4, warmup_epochs=1.0, lr_schedule="step",
             step_milestones=(240 / 280, 260 / 280, 275 / 280), step_gamma=0.1, amp=True,
-            workers=8,
+            scale=0.4, translate=0.2, workers=8,
         ),
     }  # fmt: skip
 
@@ -168,10 +172,13 @@ def yolov8_schedules() -> dict[str, TrainSchedule]:
          images, and so short a run has no over-fitting to prevent.
     gpu  ultralytics' default recipe (``cfg/default.yaml``) with 64 images per step:
          SGD with Nesterov momentum 0.937, lr 0.01, weight decay 5e-4, 3 warm-up
-         epochs, decay to 1 % of lr, EMA of the weights, mixed precision, 500 epochs at
-         640 px (ultralytics' YOLOv8 models were trained this long). Differences: a
-         cosine instead of ultralytics' linear decay, no mosaic unless ``mosaic`` is
-         set, a warm-up without ultralytics' separate bias and momentum ramps.
+         epochs with the biases' rate falling from 0.1, decay to 1 % of lr, EMA of the
+         weights, mixed precision, mosaic, random scale 0.5 and shift 0.1, HSV gains
+         (0.015, 0.7, 0.4), 500 epochs at 640 px (ultralytics' YOLOv8 models were
+         trained this long). Differences: a cosine instead of ultralytics' linear
+         decay; mosaic in every epoch (ultralytics closes it for the last 10); no
+         momentum ramp in the warm-up; 64 images a step (ultralytics: batches of 16
+         whose gradients are accumulated to its nominal 64).
 
     Returns:
         ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
@@ -181,8 +188,9 @@ def yolov8_schedules() -> dict[str, TrainSchedule]:
         "cpu": cpu_budget_schedule(iterations=500, lr=0.002, img_size=320, channels_last=True),
         "gpu": TrainSchedule(
             epochs=500, batch_size=64, img_size=640, optimizer="sgd", lr=0.01,
-            momentum=0.937, weight_decay=5e-4, warmup_epochs=3.0, final_lr_fraction=0.01,
-            ema=True, amp=True, workers=8,
+            momentum=0.937, weight_decay=5e-4, warmup_epochs=3.0, warmup_bias_lr=0.1,
+            final_lr_fraction=0.01, ema=True, amp=True, mosaic=1.0, scale=0.5,
+            translate=0.1, hsv=(0.015, 0.7, 0.4), workers=8,
         ),
     }  # fmt: skip
 

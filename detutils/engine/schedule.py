@@ -129,6 +129,48 @@ class TrainSchedule:
         changes = {name: value for name, value in overrides.items() if value is not None}
         return dataclasses.replace(self, **changes)
 
+    def recipe(self) -> dict[str, str]:
+        """The schedule in words, one entry per ingredient of a training recipe.
+
+        The training notebooks set these beside the reference's recipe, row by row.
+        """
+        if self.optimizer == "sgd":
+            optimizer = f"SGD, Nesterov momentum {self.momentum:g}"
+        else:
+            optimizer = f"AdamW, beta1 {self.momentum:g}"
+        length = f"{self.iterations} steps" if self.iterations else f"{self.epochs} epochs"
+        if self.lr_schedule == "cosine":
+            decay = f"cosine to {self.final_lr_fraction:g} lr"
+        else:
+            unit, total = ("step", self.iterations) if self.iterations else ("epoch", self.epochs)
+            milestones = ", ".join(str(round(m * total)) for m in self.step_milestones)
+            decay = f"x {self.step_gamma:g} at {unit}s {milestones}"
+        augment = []
+        if self.augment:
+            augment.append("flip")
+            augment.append("HSV" if self.hsv is not None else "colour jitter")
+            if self.scale:
+                augment.append(f"scale +-{self.scale:g}")
+            if self.translate:
+                augment.append(f"translate +-{self.translate:g}")
+            if self.mosaic:
+                augment.append(f"mosaic {self.mosaic:g}")
+        return {
+            "optimizer": optimizer,
+            "learning rate": f"{self.lr:g}",
+            "weight decay": f"{self.weight_decay:g}",
+            "images per step": str(self.batch_size),
+            "length": length,
+            "image size": f"{self.img_size} px",
+            "warm-up": f"{self.warmup_epochs:g} epochs from {self.warmup_start_factor:g} lr",
+            "decay": decay,
+            "EMA of the weights": "yes" if self.ema else "no",
+            "mixed precision": "yes" if self.amp else "no (float32)",
+            "augmentation": ", ".join(augment) or "none",
+            "gradient clipping": f"norm {self.grad_clip:g}" if self.grad_clip else "none",
+            "time guard": f"{self.max_minutes:g} min" if self.max_minutes else "none",
+        }
+
     def to_dict(self) -> dict[str, Any]:
         """Plain Python values, as stored in checkpoints and printed in logs."""
         return dataclasses.asdict(self)

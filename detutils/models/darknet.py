@@ -238,7 +238,7 @@ class YOLOLayer(nn.Module):
 
 
 def _with_num_classes(blocks: Sequence[CfgBlock], num_classes: int) -> list[CfgBlock]:
-    """Blocks with ``classes=C`` in every [yolo] and ``filters=A (5 + C)`` in the conv before."""
+    """Blocks with ``classes=C`` in every [yolo] and ``filters=K (5 + C)`` in the conv before."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     blocks = list(blocks)
