@@ -156,13 +156,11 @@ def _drop_widget_state(nb) -> None:
     """
     nb.metadata.pop("widgets", None)
     for cell in nb.cells:
-        for output in cell.get("outputs", []):
+        if cell.cell_type != "code":
+            continue
+        for output in cell.outputs:
             output.get("data", {}).pop("application/vnd.jupyter.widget-view+json", None)
-        cell["outputs"] = (
-            [o for o in cell.get("outputs", []) if o.output_type != "display_data" or o.data]
-            if cell.cell_type == "code"
-            else cell.get("outputs", [])
-        )
+        cell.outputs = [o for o in cell.outputs if o.output_type != "display_data" or o.data]
 
 
 def stored_schedule(source: Path) -> str:
@@ -326,14 +324,17 @@ def exercise_network(
     out_dir: Path | None = None,
     device: str = "cpu",
     seconds: float = 45.0,
+    lesson_run: Path | None = None,
 ):
-    """A briefly trained network for the exercises of a training notebook, cached.
+    """A trained network for the exercises of a training notebook, in under a minute.
 
-    The exercises of notebooks 13, 23 and 33 need a network that has learnt something,
-    without the lesson's ten-minute run: this trains the detector's ``cpu`` schedule
-    cut to ``seconds`` of training (batches of 8 at 256 px, the learning rate planned
-    for that time) and stores it in ``runs/exercises/<model>/``; the next call with the
-    same plan loads it in a second. On the ``ci`` schedule it trains the ``ci`` one.
+    The exercises of notebooks 13, 23 and 33 need a network that has learnt something.
+    If the lesson's run finished (``lesson_run``, its folder, holds ``last.pt``), that
+    network is loaded. Otherwise this trains the detector's ``cpu`` schedule cut to
+    ``seconds`` of training (batches of 8 at 256 px, the learning rate planned for that
+    time; a network that has only started to learn) and stores it in
+    ``runs/exercises/``; the next call with the same plan loads it in a second. On the
+    ``ci`` schedule it trains the ``ci`` one.
 
     Returns:
         the detector in eval mode, on ``device``.
@@ -365,7 +366,12 @@ def exercise_network(
     model = build_detector(model_name, num_classes=train_set.num_classes)
     plan = json.dumps({"model": model_name, **schedule.to_dict()}, sort_keys=True, default=str)
     plan_file, checkpoint = out_dir / "plan.json", out_dir / "last.pt"
-    if checkpoint.is_file() and plan_file.is_file() and plan_file.read_text() == plan:
+    lesson = Path(lesson_run) / "last.pt" if lesson_run is not None else None
+    if lesson is not None and lesson.is_file():
+        state = load_checkpoint(lesson, model_name=model_name)
+        model.load_state_dict(inference_state_dict(state))
+        print(f"loaded the network of the lesson's run ({state['iteration']} steps)")
+    elif checkpoint.is_file() and plan_file.is_file() and plan_file.read_text() == plan:
         state = load_checkpoint(checkpoint, model_name=model_name)
         model.load_state_dict(inference_state_dict(state))
         print(f"loaded the exercise network from {checkpoint.relative_to(out_dir.parents[1])}")

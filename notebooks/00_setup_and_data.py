@@ -30,6 +30,9 @@
 # 5. Point the course at real COCO: download, cut a subset, find a split.
 #
 # **Prerequisites**: Python, NumPy and pandas basics, PyTorch tensors.
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline

@@ -27,6 +27,9 @@
 # 5. Know how the references guard against zero-area boxes, and where they differ.
 #
 # **Prerequisites**: PyTorch tensors and broadcasting, `autograd` (`backward`, `.grad`).
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline

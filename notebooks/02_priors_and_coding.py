@@ -28,6 +28,9 @@
 # 4. Read a distribution over bins as a distance: the DFL integral.
 #
 # **Prerequisites**: notebook 01 (box formats, IoU).
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline

@@ -34,6 +34,9 @@
 #
 # **Prerequisites**: notebooks 01 (box formats, IoU) and 02 (priors: why a head emits
 # many boxes per object); the shapes set of notebook 00.
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline

@@ -32,6 +32,9 @@
 #
 # **Prerequisites**: notebook 02 (priors, the YOLO coder); convolutions, batch norm and
 # residual connections in PyTorch.
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline

@@ -32,6 +32,9 @@
 #
 # **Prerequisites**: notebook 02 (the YOLO coder), notebook 10 (heads, strides and
 # anchors of YOLOv3).
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline

@@ -32,6 +32,9 @@
 #
 # **Prerequisites**: notebook 01 (GIoU), notebook 10 (raw outputs and decoding),
 # notebook 11 (targets); binary cross-entropy.
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline

@@ -35,6 +35,9 @@
 #
 # **Prerequisites**: notebook 02 (grid cells, the distance coder, the DFL integral),
 # notebook 10 (reading a network with the tracer); depthwise convolutions.
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline

@@ -37,6 +37,9 @@
 #
 # **Prerequisites**: notebook 01 (IoU), notebook 02 (grid cells, flat prior index),
 # notebook 20 (NanoDet's levels and priors).
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline

@@ -39,6 +39,9 @@
 #
 # **Prerequisites**: notebook 01 (GIoU), notebook 02 (the DFL integral), notebooks 20
 # and 21 (NanoDet's outputs, ATSS); binary cross-entropy and the focal loss.
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline

@@ -32,6 +32,9 @@
 #
 # **Prerequisites**: notebook 02 (anchor points, distance coding, the integral of a
 # distribution), notebook 20 (NanoDet's distribution head and the tracer).
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline
@@ -50,6 +53,7 @@ import pandas as pd
 import torch
 
 from detutils import boxes as box_ops
+from detutils.checks import check_close, check_equal, check_function, check_passed
 from detutils.coders import decode_distance, dfl_distances, dfl_integral
 from detutils.data.shapes import CLASS_NAMES, render_sample
 from detutils.models.yolov8 import YOLOV8_PRESETS, build_yolov8n, build_yolov8s
@@ -69,6 +73,9 @@ def count_parameters(module):
 # `detutils.models.yolov8` builds YOLOv8 from one `@dataclass` config. The two sizes
 # share the layout and differ only in width: `n` multiplies the channels of the base
 # network (64 ... 1024) by 0.25, `s` by 0.5; both multiply the C2f block depths by 0.33.
+# The field `reg_max` is ultralytics' name for the number of bins of each side's
+# distance distribution, R + 1 = 16 in the course's letters (R = 15 is the last bin;
+# section 4 says more).
 
 # %%
 fields = ["depth", "width", "max_channels", "img_size", "reg_max", "strides"]
@@ -192,10 +199,12 @@ print("raw maps:", [tuple(x.shape) for x in maps], " decoded:", tuple(decoded.sh
 # %% [markdown]
 # ## 4. Splitting the maps into distributions and scores
 #
-# A word on notation first. Ultralytics calls the number of bins per side `reg_max`,
-# and YOLOv8 uses `reg_max = 16`: bins 0, 1, ..., 15. The course's dimension letter R
-# is the *last bin*, bins minus one, as in GFL's paper: a distribution has R + 1 = 16
-# bins, R = 15, and a side's distance lies in [0, 15] strides.
+# A word on notation first. The course's letter R is the *last bin* of a distance
+# distribution, as in GFL's paper: a distribution has R + 1 bins, 0, 1, ..., R. YOLOv8
+# has R + 1 = 16 bins per side (R = 15), so a side's distance lies in [0, 15] strides.
+# Ultralytics, and the config field of `detutils.models.yolov8`, call the number of
+# bins R + 1 `reg_max`: YOLOv8's `reg_max = 16` is R + 1, not R. (NanoDet's `reg_max`,
+# notebook 20, is R itself, 7.)
 #
 # Flattening: each map `(B, 4 (R + 1) + C, H, W)` becomes `(B, channels, H W)`, the
 # levels are concatenated along the points, the channels moved last, and split into the
@@ -203,7 +212,7 @@ print("raw maps:", [tuple(x.shape) for x in maps], " decoded:", tuple(decoded.sh
 # logits.
 
 # %%
-num_bins = model.config.reg_max  # R + 1 = 16
+num_bins = model.config.reg_max  # R + 1 = 16 (ultralytics' reg_max)
 flat = torch.cat([x.flatten(2) for x in maps], dim=2)  # (B, 4 (R + 1) + C, A)
 flat = flat.transpose(1, 2)  # (B, A, 4 (R + 1) + C)
 dist_logits, cls_logits = flat.split([4 * num_bins, len(CLASS_NAMES)], dim=-1)
@@ -319,9 +328,9 @@ print(model_boxes[0, centre_points].round().tolist())
 #   them are the frozen bin values of the DFL integral.
 # - At 640 px the three levels (strides 8, 16, 32) have 6400 + 1600 + 400 = 8400 anchor
 #   points, one per cell centre; flat index = level offset + y W + x.
-# - Each level's map has 4 × 16 + C channels: four distributions of 16 bins
-#   (`reg_max = 16`, R = 15 in the course's letters), side-major l, t, r, b, then C
-#   class logits.
+# - Each level's map has 4 (R + 1) + C = 4 × 16 + C channels: four distributions of
+#   R + 1 = 16 bins (R = 15; ultralytics' `reg_max = 16` is R + 1), side-major l, t,
+#   r, b, then C class logits.
 # - Decoding: softmax, expected bin, times the stride, around the point; the class
 #   probabilities are independent sigmoids.
 # - Untrained, every point predicts a square of 15 strides and the prior class score
@@ -329,76 +338,216 @@ print(model_boxes[0, centre_points].round().tolist())
 #
 # ## Exercises
 #
-# **Exercise 1.** How many anchor points does YOLOv8 have at 1280 × 1280, and at a
-# 384 × 640 (H × W) input? Predict, then check with `anchor_points` and with a `meta`
-# forward pass of YOLOv8n.
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
+# **Exercise 1.** Write `count_points(height, width)`, the number of anchor points
+# YOLOv8 has at a `height × width` input (both multiples of 32), and use it for
+# `points_1280` (1280 × 1280) and `points_384x640` (384 × 640, H × W), two integers.
+# Predict them by hand first; you can confirm with `anchor_points` or with a `meta`
+# forward pass of YOLOv8n (`sizes["yolov8n"]`).
 
 # %% tags=["solution"]
-for height, width in [(1280, 1280), (384, 640)]:
-    expected = sum((height // s) * (width // s) for s in strides)
+count_points = None  # your function (height, width) -> int
+points_1280 = points_384x640 = None  # int each
+### BEGIN SOLUTION
+
+
+def count_points(height, width):
+    return sum((height // stride) * (width // stride) for stride in strides)
+
+
+points_1280 = count_points(1280, 1280)
+points_384x640 = count_points(384, 640)
+for height, width in [(1280, 1280), (384, 640)]:  # the two confirmations
     points_hw, _ = anchor_points([(height // s, width // s) for s in strides], strides)
     shapes = sizes["yolov8n"](torch.empty(1, 3, height, width, device="meta"))
     from_maps = sum(x.shape[-2] * x.shape[-1] for x in shapes)
-    assert len(points_hw) == from_maps == expected
-    print(f"{height} x {width}: {expected} anchor points")
-assert expected == 48 * 80 + 24 * 40 + 12 * 20 == 5040
+    print(f"{height} x {width}: anchor_points {len(points_hw)}, maps {from_maps}")
+### END SOLUTION
+print(f"1280 x 1280: {points_1280} anchor points; 384 x 640: {points_384x640}")
+
+# %% tags=["check"]
+# 160² + 80² + 40² = 33,600; 48 × 80 + 24 × 40 + 12 × 20 = 5,040.
+check_equal(
+    "points_1280", points_1280, 33_600,
+    hint="one point per cell of the maps at strides 8, 16, 32: (1280 / s)² summed over s.",
+)  # fmt: skip
+check_equal(
+    "points_384x640", points_384x640, 5_040,
+    hint="each level has (H / s) × (W / s) cells: 48 × 80 at stride 8, then 24 × 40, 12 × 20.",
+)  # fmt: skip
+check_function(
+    "count_points", count_points, [(640, 640), (320, 480)],
+    lambda height, width: len(
+        anchor_points([(height // s, width // s) for s in strides], strides)[0]
+    ),
+    hint="sum over the strides 8, 16, 32 of (height // s) * (width // s); 640 x 640 gives 8400.",
+    rtol=0, atol=0.5,
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_function(
+    "count_points", count_points, [(1280, 736), (96, 160)],
+    lambda height, width: sum(
+        x.shape[-2] * x.shape[-1]
+        for x in sizes["yolov8n"](torch.empty(1, 3, height, width, device="meta"))
+    ),
+    hint="the count must hold for any size that is a multiple of 32, square or not.",
+    rtol=0, atol=0.5,
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 1")
 
 # %% [markdown]
 # **Exercise 2.** The largest box a point can predict: put all of every distribution's
-# mass on the last bin and decode. What is the widest box at each stride? Why can a
-# stride-8 point never learn a 300-px object, even one centred on it?
+# mass on the last bin, R = 15, and decode the 2100 points of section 3. Assign to
+# `widest` `(3,)` the widest box (px) at strides 8, 16 and 32, and to
+# `stride8_learns_300` (True or False) whether a stride-8 point can learn a 300-px wide
+# object, even one centred on it.
 
 # %% tags=["solution"]
+widest = None  # (3,) px, strides 8, 16, 32
+stride8_learns_300 = None  # True or False
+### BEGIN SOLUTION
 peaked = torch.full((1, 2100, 4 * num_bins), -1e4, device=device)  # (B, A, 4 (R + 1))
-peaked.view(1, 2100, 4, num_bins)[..., -1] = 0.0  # every side on bin 15
+peaked.view(1, 2100, 4, num_bins)[..., -1] = 0.0  # every side on bin R = 15
 wide_boxes = decode_distance(points, dfl_distances(peaked) * point_strides[:, None])
 widths = wide_boxes[0, :, 2] - wide_boxes[0, :, 0]  # (A,)
-for stride in strides:
-    print(f"stride {stride}: widest box {widths[point_strides == stride].max().item():.4f} px")
-torch.testing.assert_close(widths, 30.0 * point_strides)
+widest = torch.stack([widths[point_strides == stride].max() for stride in strides])  # (3,)
 # A side's distance is at most R = 15 strides, so a stride-8 point covers at most
 # 2 x 15 x 8 = 240 px; a 300-px object must be learnt by the coarser levels.
+stride8_learns_300 = False
+### END SOLUTION
+print(f"widest boxes at strides 8, 16, 32: {widest} px")
+
+# %% tags=["check"]
+check_close(
+    "widest", widest, [240.0, 480.0, 960.0],
+    hint="with all the mass on bin R = 15 each side is 15 strides: the box is 2 × 15 × s "
+    "wide. Set one logit per side high (0) and the others very low (-1e4), then decode "
+    "with dfl_distances, times the stride, and decode_distance.",
+)  # fmt: skip
+check_equal(
+    "stride8_learns_300", stride8_learns_300, False,
+    hint="compare 300 px with the widest box of stride 8: the distances cannot exceed R "
+    "strides on either side of the point.",
+)  # fmt: skip
+check_passed("Exercise 2")
 
 # %% [markdown]
-# **Exercise 3.** Decode the box of the point with flat index 1234 by hand from the raw
-# maps: find its level and its (y, x) from the index, read its 64 box channels directly
-# from `maps`, and compare with `model_boxes[0, 1234]`.
+# **Exercise 3.** Write `locate(flat_index)` that returns the level (0, 1, 2), y and x
+# of an anchor point of the 320-px input (maps 40 × 40, 20 × 20, 10 × 10) from its flat
+# index, as a tuple `(level, y, x)`. Then decode the box of the point with flat index
+# 1234 by hand from the raw `maps` (its 4 (R + 1) = 64 box channels, a softmax per
+# side, the expected bin, the stride, the point): `box_1234` `(4,)` xyxy px.
 
 # %% tags=["solution"]
-index = 1234  # < 1600: level 0, stride 8, 40 x 40
-level, stride, width = 0, 8, 40
-cell_y, cell_x = divmod(index, width)
-raw = maps[level][0, : 4 * num_bins, cell_y, cell_x]  # (64,)
-sides = raw.view(4, num_bins).softmax(dim=-1) @ bins  # (4,) strides
-point = torch.tensor([cell_x + 0.5, cell_y + 0.5], device=device) * stride
-box = torch.cat([point - sides[:2] * stride, point + sides[2:] * stride])
-torch.testing.assert_close(box, model_boxes[0, index])
-print(f"index {index}: level {level}, (y, x) = ({cell_y}, {cell_x}), box {box.round().tolist()}")
+locate = None  # your function (flat_index) -> (level, y, x)
+box_1234 = None  # (4,) xyxy px
+### BEGIN SOLUTION
+
+
+def locate(flat_index):
+    for level, (offset, size) in enumerate([(0, 40), (1600, 20), (2000, 10)]):
+        if flat_index < offset + size * size:
+            return (level, *divmod(flat_index - offset, size))
+    raise IndexError(flat_index)
+
+
+level_1234, y_1234, x_1234 = locate(1234)  # 1234 < 1600: level 0, stride 8
+stride_1234 = strides[level_1234]
+raw = maps[level_1234][0, : 4 * num_bins, y_1234, x_1234]  # (4 (R + 1),)
+sides_1234 = raw.view(4, num_bins).softmax(dim=-1) @ bins  # (4,) strides
+point_1234 = torch.tensor([x_1234 + 0.5, y_1234 + 0.5], device=device) * stride_1234
+sides_px = sides_1234 * stride_1234  # (4,) px
+box_1234 = torch.cat([point_1234 - sides_px[:2], point_1234 + sides_px[2:]])  # (4,) xyxy px
+### END SOLUTION
+if box_1234 is not None:
+    print(f"box of point 1234: {[round(v) for v in box_1234.tolist()]} px")
+
+
+# %% tags=["check"]
+def locate_from_points(flat_index):  # the cell behind points[flat_index]
+    stride = point_strides[flat_index].item()
+    x, y = (points[flat_index] / stride - 0.5).tolist()
+    return (strides.index(stride), y, x)
+
+
+check_function(
+    "locate", locate, [(1234,), (0,), (1600,), (2099,)], locate_from_points,
+    hint="subtract the level's offset (0, 1600, 2000), then divmod by the level's width "
+    "(40, 20, 10): flat index = offset + y W + x. Index 1600 is (1, 0, 0).",
+)  # fmt: skip
+check_close(
+    "box_1234", box_1234, model_boxes[0, 1234],
+    hint="read maps[0][0, :64, 30, 34], view it as (4, 16), softmax each side, take the "
+    "expected bin (@ bins), times 8; the point is ((34 + 0.5) 8, (30 + 0.5) 8); subtract "
+    "(l, t), add (r, b).", rtol=1e-4, atol=1e-4,
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_function(
+    "locate", locate, [(1599,), (1999,), (2000,), (1850,)], locate_from_points,
+    hint="the last cell of a level and the first of the next must both be right.",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 3")
 
 # %% [markdown]
-# **Exercise 4.** Does the flattening order matter? Build, for each level, a map whose
-# two channels hold the pixel x and y of its own cell centre, and flatten it as the
-# model does and column-major (`x.transpose(-1, -2).flatten(2)`). Which flat indices
-# still land on their anchor point when the order is wrong?
+# **Exercise 4.** Does the flattening order matter? For each level, build a map
+# `(1, 2, H, W)` whose two channels hold the pixel x and y of its own cell centre, and
+# flatten the three maps as the model does (`x.flatten(2)`, levels concatenated, points
+# last) into `row_major` `(A, 2)`, and column-major (`x.transpose(-1, -2).flatten(2)`)
+# into `column_major` `(A, 2)`. Then `same_point` `(A,)` (bool): which flat indices of
+# `column_major` still hold the anchor point `points` has at that index?
 
 # %% tags=["solution"]
+row_major = column_major = None  # (A, 2) px each
+same_point = None  # (A,) bool
+### BEGIN SOLUTION
 coordinate_maps = []
 for stride in strides:
     size = 320 // stride
-    cell_y, cell_x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    coordinate_maps.append(torch.stack([cell_x + 0.5, cell_y + 0.5])[None] * stride)  # (1, 2, H, W)
-right = torch.cat([x.flatten(2) for x in coordinate_maps], dim=2)[0].T  # (A, 2)
-wrong = torch.cat([x.transpose(-1, -2).flatten(2) for x in coordinate_maps], dim=2)[0].T
-assert torch.equal(right, points.cpu())
-same_point = (wrong == points.cpu()).all(dim=-1)  # (A,)
+    grid_y, grid_x = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    coordinate_maps.append(torch.stack([grid_x + 0.5, grid_y + 0.5])[None] * stride)  # (1, 2, H, W)
+row_major = torch.cat([x.flatten(2) for x in coordinate_maps], dim=2)[0].T  # (A, 2)
+column_major = torch.cat([x.transpose(-1, -2).flatten(2) for x in coordinate_maps], dim=2)[0].T
+same_point = (column_major == points.cpu()).all(dim=-1)  # (A,)
 # Only the diagonal cells (y == x) of each square level keep their index.
-diagonal = [
-    offset + i * (size + 1)
+### END SOLUTION
+if same_point is not None:
+    print(f"{int(same_point.sum())} of 2100 points agree")
+
+# %% tags=["check"]
+check_close(
+    "row_major", row_major, points,
+    hint="flatten(2) of a (1, 2, H, W) map is (1, 2, H W), row by row; concatenate the "
+    "levels on the last dimension, take [0] and transpose to (A, 2).",
+)  # fmt: skip
+# Column-major, level by level: position x H + y holds the cell (y, x).
+permutation = torch.cat([
+    offset + torch.arange(size * size).view(size, size).T.flatten()
     for offset, size in [(0, 40), (1600, 20), (2000, 10)]
-    for i in range(size)
-]
-assert same_point.nonzero().flatten().tolist() == diagonal
-print(f"{int(same_point.sum())} of 2100 points agree: the diagonal cells")
+])  # fmt: skip
+check_close(
+    "column_major", column_major, points[permutation],
+    hint="transpose each map to (1, 2, W, H) before flatten(2): the index then runs "
+    "down the columns.",
+)  # fmt: skip
+diagonal = torch.zeros(2100, dtype=torch.bool)
+for offset, size in [(0, 40), (1600, 20), (2000, 10)]:
+    diagonal[offset + torch.arange(size) * (size + 1)] = True  # cells with y == x
+check_equal(
+    "same_point", same_point, diagonal,
+    hint="compare column_major with points row by row: (column_major == points).all(-1), "
+    "a (2100,) bool tensor.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_close(
+    "same_point.sum()", same_point.sum(), 40 + 20 + 10,
+    hint="one diagonal per level: 40 + 20 + 10 cells.",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 4")
 
 # %% [markdown]
 # ## Further reading

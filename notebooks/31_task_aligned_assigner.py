@@ -32,6 +32,9 @@
 #
 # **Prerequisites**: notebook 01 (CIoU), notebook 21 (ATSS, assignment vocabulary),
 # notebook 30 (YOLOv8's anchor points and decoded predictions).
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline
@@ -49,6 +52,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from ipywidgets import FloatSlider, IntSlider, interact
 
 from detutils import boxes as box_ops
 from detutils.assigners import BACKGROUND, pad_ground_truth
@@ -57,6 +61,7 @@ from detutils.assigners.tal import (
     assign_task_aligned_dense,
     top_k_mask,
 )
+from detutils.checks import check_close, check_equal, check_passed, check_true
 from detutils.coders import encode_distance
 from detutils.data.shapes import CLASS_NAMES, render_sample
 from detutils.losses import yolov8_loss
@@ -102,7 +107,10 @@ sides = torch.cat([left_top, right_bottom], dim=-1)  # (M, A, 4)
 candidate = sides.amin(dim=-1) > 1e-9  # (M, A)
 level_of = torch.cat([torch.full((n,), level) for level, n in enumerate([1600, 400, 100])])
 pd.DataFrame(
-    {f"stride {s}": candidate[:, level_of == i].sum(1).tolist() for i, s in enumerate([8, 16, 32])},
+    {
+        f"stride {stride}": candidate[:, level_of == i].sum(1).tolist()
+        for i, stride in enumerate([8, 16, 32])
+    },
     index=names,
 )
 
@@ -144,14 +152,17 @@ assert not candidate[1, outside] and not cheat.fg_mask[0, outside]
 # point, and u, the CIoU of the box with the point's predicted box (clamped at 0).
 # The metric is t = s^alpha × u^beta with alpha = 0.5, beta = 6: the overlap dominates,
 # a CIoU of 0.9 counts 0.53, one of 0.5 counts 0.016. Non-candidates get t = 0.
+# (s, u and t are TOOD's letters: in this notebook s is a class score; the strides,
+# which the course elsewhere writes s, are named in words here.) The tensors of the
+# candidate pairs have one entry per pair, 1008 of them here (889 + 118 + 1).
 
 # %%
 alpha, beta, topk = 0.5, 6.0, 10
-box_index, anchor_index = candidate.nonzero(as_tuple=True)  # (P,) each
+box_index, anchor_index = candidate.nonzero(as_tuple=True)  # (pairs,) each
 pair_overlaps = box_ops.box_iou_aligned(
     gt_boxes[box_index], pred_boxes[0, anchor_index], "ciou"
-).clamp(min=0)  # (P,)
-pair_scores = pred_scores[0, anchor_index, gt_labels[box_index]]  # (P,)
+).clamp(min=0)  # (pairs,)
+pair_scores = pred_scores[0, anchor_index, gt_labels[box_index]]  # (pairs,)
 overlaps = torch.zeros(candidate.shape, device=device)  # (M, A)
 metric = torch.zeros(candidate.shape, device=device)  # (M, A)
 overlaps[box_index, anchor_index] = pair_overlaps
@@ -343,24 +354,55 @@ print(
 # %% [markdown]
 # From here on the assigner lives in `detutils.assigners.tal`. Its result holds per
 # point the label, box, target scores `(B, A, C)`, `fg_mask` and gt index. The
-# positives on the image, by level (points in the colour of the box they learn):
+# positives on the image, by level (points in the colour of the box they learn), for
+# the metric t = s^0.5 × u^6 and the top 10 of each box:
+
 
 # %%
-fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
-for level, (ax, start, count) in enumerate(
-    zip(axes, [0, 1600, 2000], [1600, 400, 100], strict=True)
-):
-    draw_assignment(
-        image,
-        points[start : start + count].cpu(),
-        gt_boxes.cpu(),
-        result.gt_index[0, start : start + count].cpu(),
-        ax=ax,
-        gt_labels=gt_labels.cpu(),
-        class_names=CLASS_NAMES,
-        title=f"stride {8 * 2**level}",
-    )
+def draw_positives(assigned, title):
+    """The positives of an assignment of our image, one panel per level."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+    for level, (ax, start, count) in enumerate(
+        zip(axes, [0, 1600, 2000], [1600, 400, 100], strict=True)
+    ):
+        draw_assignment(
+            image,
+            points[start : start + count].cpu(),
+            gt_boxes.cpu(),
+            assigned.gt_index[0, start : start + count].cpu(),
+            ax=ax,
+            gt_labels=gt_labels.cpu(),
+            class_names=CLASS_NAMES,
+            title=f"stride {8 * 2**level}",
+        )
+    fig.suptitle(title)
+
+
+draw_positives(result, f"t = s^{alpha} × u^{beta:g}, top {topk} per box")
 plt.show()
+
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+# (an interactive version of the figure above: move the slider; the figure above is
+# the one the tests check)
+def draw_positives_for(k, a, b):
+    assigned = assign_task_aligned(
+        pred_scores, pred_boxes, points, gt_labels[None], gt_boxes[None], mask,
+        topk=k, alpha=a, beta=b,
+    )  # fmt: skip
+    per_box = [int((assigned.gt_index[0] == j).sum()) for j in range(len(gt_boxes))]
+    draw_positives(assigned, f"t = s^{a:g} × u^{b:g}, top {k} per box: positives {per_box}")
+    plt.show()
+
+
+_ = interact(
+    draw_positives_for,
+    k=IntSlider(value=10, min=1, max=20, description="topk"),
+    a=FloatSlider(value=0.5, min=0.0, max=3.0, step=0.25, description="alpha"),
+    b=FloatSlider(value=6.0, min=0.0, max=10.0, step=0.5, description="beta"),
+)
+
 
 # %% [markdown]
 # The untrained network predicts 120-px squares at stride 8, 240 at 16, 480 at 32
@@ -399,8 +441,9 @@ assert abs(vfl.item() - bce.item()) > 0.1 * bce.item()
 
 # %% [markdown]
 # *Misunderstanding: "the 16 DFL bins are box coordinates".* They are the distances
-# from the point to the four sides, l, t, r, b, in strides: for a positive, l + r is
-# the box's width and t + b its height, in strides, wherever the point sits in the box.
+# from the point to the four sides, l, t, r, b (left, top, right, bottom: this t is not
+# the metric), in strides: for a positive, l + r is the box's width and t + b its
+# height, in strides, wherever the point sits in the box.
 
 # %%
 positive_points = result.fg_mask[0].nonzero().flatten()[:3]  # (3,)
@@ -456,43 +499,91 @@ assert float_bytes == 268_800_000
 #
 # ## Exercises
 #
-# **Exercise 1.** Set `topk=1`. How many positives does each box get, and what is the
-# target score of each? Predict, then check.
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
+# **Exercise 1.** Run `assign_task_aligned` on our image with `topk=1`. Which point is
+# the positive of each box, and what is its target score? Predict, then assign
+# `top1_points` `(3,)` (the anchor index of the positive of boxes 0, 1, 2) and
+# `top1_targets` `(3,)` (the target score of each of them, at its box's class).
 
 # %% tags=["solution"]
+top1_points = top1_targets = None  # (3,) each: anchor indices, target scores
+### BEGIN SOLUTION
 one = assign_task_aligned(
     pred_scores, pred_boxes, points, gt_labels[None], gt_boxes[None], mask, topk=1
 )
-for j in range(3):
-    only = (one.gt_index[0] == j).nonzero().flatten()
-    assert len(only) == 1  # one each (no conflict here)
-    # t / t_max = 1, so the target is u_max, the point's own CIoU (up to the 1e-9).
-    own_ciou = box_ops.box_iou_aligned(gt_boxes[j : j + 1], pred_boxes[0, only], "ciou").clamp(
-        min=0
-    )
-    target = one.scores[0, only].sum().item()
-    print(f"box {j}: point {only.item()}, target {target:.4f}, CIoU {own_ciou.item():.4f}")
-    if j < 2:
-        torch.testing.assert_close(one.scores[0, only].sum(-1), own_ciou, rtol=1e-5, atol=1e-6)
+top1_points = torch.stack(
+    [(one.gt_index[0] == j).nonzero().flatten()[0] for j in range(3)]
+)  # (3,) one each (no conflict here)
+top1_targets = one.scores[0, top1_points, gt_labels]  # (3,)
+# t / t_max = 1, so the target is u_max, the point's own CIoU, up to the 1e-9 that keeps
+# the division finite: the small star's t is far below it, so its target is almost 0.
+### END SOLUTION
+if top1_targets is not None:
+    print(f"positives {top1_points.tolist()}")
+    print("target scores", [f"{score:.3g}" for score in top1_targets.tolist()])
+
+# %% tags=["check"]
+best_anchor = top_k_mask(metric, 1).int().argmax(dim=1)  # (M,) the largest t of each box
+check_equal(
+    "top1_points", top1_points, best_anchor.cpu(),
+    hint="with topk=1 a box keeps its candidate of largest t = s^0.5 u^6; run "
+    "assign_task_aligned(..., topk=1) and read, for j = 0, 1, 2, the anchor whose "
+    "gt_index[0] is j.",
+)  # fmt: skip
+best_t = metric[torch.arange(3), best_anchor]  # (M,)
+best_u = overlaps[torch.arange(3), best_anchor]  # (M,)
+check_close(
+    "top1_targets", top1_targets, best_t * best_u / (best_t + 1e-9), atol=1e-5,
+    hint="the target is t / t_max x u_max: with one positive t = t_max, so it is the "
+    "point's own CIoU (almost 0 for the small star, whose t is below the 1e-9 of the "
+    "division). Read the result's scores[0, point, gt_labels[j]].",
+)  # fmt: skip
+check_passed("Exercise 1")
 
 # %% [markdown]
 # **Exercise 2.** Set `alpha=0` and `beta=0`: every candidate's metric is 1. Which ten
-# points does the cross get? (Ties go to the lower index.)
+# points does the cross get? Assign them to `cross_points` `(10,)`, anchor indices in
+# ascending order. (Ties go to the lower index.)
 
 # %% tags=["solution"]
+cross_points = None  # (10,) long, ascending
+### BEGIN SOLUTION
 flat = assign_task_aligned(
     pred_scores, pred_boxes, points, gt_labels[None], gt_boxes[None], mask, alpha=0.0, beta=0.0
 )
-cross_points = (flat.gt_index[0] == 1).nonzero().flatten()
-assert torch.equal(cross_points, candidate[1].nonzero().flatten()[:10])
-print("the cross's ten candidates of lowest index:", cross_points.tolist())
+cross_points = (flat.gt_index[0] == 1).nonzero().flatten()  # (10,)
+### END SOLUTION
+print("the cross's positives:", cross_points)
+
+# %% tags=["check"]
+inside_cross = ((points > gt_boxes[1, :2]) & (points < gt_boxes[1, 2:])).all(dim=-1)  # (A,)
+check_equal(
+    "cross_points", cross_points, inside_cross.nonzero().flatten()[:10].cpu(),
+    hint="with t = 1 for every candidate, the top 10 are the ten candidates of lowest "
+    "index: the points strictly inside the cross, in flat order. Read them from the "
+    "assignment with alpha=0.0, beta=0.0: (its gt_index[0] == 1).nonzero().flatten().",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_true(
+    bool((torch.as_tensor(cross_points) < 1600).all()),
+    "the cross's positives should all be stride-8 points (index < 1600).",
+    hint="the lowest flat indices are those of level 0, the top rows of the box.",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 2")
 
 # %% [markdown]
-# **Exercise 3.** A 6 × 6 px box at (101, 97, 107, 103), and one at (98, 98, 104, 104).
-# How many candidates does each have, and how many positives? Explain the second.
+# **Exercise 3.** A 6 × 6 px box at (101, 97, 107, 103), and one at (98, 98, 104, 104),
+# each of class `gt_labels[0]` and alone in the image. How many candidates does each
+# have, and how many positives? Assign `tiny_candidates` and `tiny_positives` (two
+# integers each, one per box), and explain the second box's positives.
 
 # %% tags=["solution"]
 tiny_boxes = torch.tensor([[101.0, 97.0, 107.0, 103.0], [98.0, 98.0, 104.0, 104.0]], device=device)
+tiny_candidates = tiny_positives = None  # two integers each
+### BEGIN SOLUTION
 tiny_candidates = [
     int(((points > box[:2]) & (points < box[2:])).all(-1).sum()) for box in tiny_boxes
 ]
@@ -502,8 +593,6 @@ for box in tiny_boxes:
         pred_scores, pred_boxes, points, gt_labels[None, :1], box[None, None], mask[:, :1]
     )
     tiny_positives.append(tiny_result.num_positive)
-print("candidates:", tiny_candidates, " positives:", tiny_positives)
-assert tiny_candidates == [0, 1] and tiny_positives == [0, 0]
 # Stride-8 points sit at 4 + 8k, stride-16 ones at 8 + 16k, stride-32 ones at 16 + 32k.
 # In the first box only x = 104 (stride 16) and y = 100 (stride 8) fall inside: no
 # single point has both, so there is no candidate. The second holds the point
@@ -511,11 +600,31 @@ assert tiny_candidates == [0, 1] and tiny_positives == [0, 0]
 # is below 0, clamped to 0, so t = 0, and here a zero metric is never a positive. The
 # box teaches nothing until a prediction nears it (or, in newer ultralytics releases,
 # the widened test gives it more candidates).
+### END SOLUTION
+print("candidates:", tiny_candidates, " positives:", tiny_positives)
+
+# %% tags=["check"]
+# Points at 4 + 8k (stride 8), 8 + 16k (16), 16 + 32k (32): inside (101, 107) x (97, 103)
+# are x = 104 (stride 16 only) and y = 100 (stride 8 only); (100, 100) is inside the second.
+check_close(
+    "tiny_candidates", tiny_candidates, [0, 1],
+    hint="list the point coordinates of each stride that fall strictly inside each box; a "
+    "candidate needs its x and its y inside, on the same level.",
+)  # fmt: skip
+check_close(
+    "tiny_positives", tiny_positives, [0, 0],
+    hint="run assign_task_aligned with each box alone (gt_boxes (1, 1, 4)) and read "
+    "num_positive; a candidate whose predicted box does not overlap gets u = 0, so t = 0.",
+)  # fmt: skip
+check_passed("Exercise 3")
 
 # %% [markdown]
-# **Exercise 4.** A batch: our image and an image without boxes, padded with
-# `pad_ground_truth`. Check that the first image's result equals the single-image one
-# and that the empty image is all background.
+# **Exercise 4.** A batch: our image and an image without boxes. Pad their ground truth
+# with `pad_ground_truth` (`padded_boxes` `(2, 3, 4)`, `padded_labels` `(2, 3)`,
+# `padded_mask` `(2, 3)` bool) and run the assigner on the batch (the predictions of our
+# image twice, `pred_scores.expand(2, -1, -1)`): `batched`, its `TaskAlignedResult`.
+# The first image's result must equal the single-image `result`, and the empty image
+# must be all background.
 
 # %% tags=["solution"]
 batch_targets = [
@@ -525,6 +634,9 @@ batch_targets = [
         "labels": torch.zeros(0, dtype=torch.long, device=device),
     },
 ]
+padded_boxes = padded_labels = padded_mask = None  # (2, 3, 4), (2, 3), (2, 3)
+batched = None  # the TaskAlignedResult of the batch
+### BEGIN SOLUTION
 padded_boxes, padded_labels, padded_mask = pad_ground_truth(batch_targets, device)
 batched = assign_task_aligned(
     pred_scores.expand(2, -1, -1),
@@ -534,10 +646,39 @@ batched = assign_task_aligned(
     padded_boxes,
     padded_mask,
 )
-for field_batched, field_single in zip(batched, result, strict=True):
-    assert torch.equal(field_batched[0], field_single[0])
-assert not batched.fg_mask[1].any() and (batched.scores[1] == 0).all()
-print("batched == single image; the empty image has no positive")
+### END SOLUTION
+if batched is not None:
+    print(f"positives per image: {batched.fg_mask.sum(dim=1).tolist()}")
+
+# %% tags=["check"]
+check_equal(
+    "padded_mask", padded_mask, torch.tensor([[True, True, True], [False, False, False]]),
+    hint="pad_ground_truth(batch_targets) returns (boxes, labels, mask); the mask says "
+    "which of the M = 3 entries of each image are real boxes.",
+)  # fmt: skip
+check_true(
+    batched is not None and hasattr(batched, "fg_mask"),
+    "`batched` should be the TaskAlignedResult of assign_task_aligned on the batch.",
+    hint="pass the expanded predictions (2, A, C) and (2, A, 4), the points, and "
+    "padded_labels, padded_boxes, padded_mask.",
+)  # fmt: skip
+for field in result._fields:
+    check_equal(
+        f"batched.{field}[0]", getattr(batched, field)[0], getattr(result, field)[0].cpu(),
+        hint="padding adds no box to the first image: its result is the single-image one.",
+    )  # fmt: skip
+check_true(
+    not batched.fg_mask[1].any() and bool((batched.scores[1] == 0).all()),
+    "the image without boxes should have no positive and all-zero target scores.",
+    hint="its padded entries are masked out: every point is background.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_equal(
+    "batched.gt_index[1]", batched.gt_index[1], torch.full((2100,), BACKGROUND),
+    hint="every point of the empty image has the gt index BACKGROUND (-1).",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 4")
 
 # %% [markdown]
 # ## Further reading

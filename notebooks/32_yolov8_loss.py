@@ -29,6 +29,9 @@
 #
 # **Prerequisites**: notebook 22 (DFL, the integral), notebook 30 (decoding), notebook
 # 31 (the task-aligned assigner and its target scores).
+#
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
 
 # %%
 # %matplotlib inline
@@ -42,6 +45,8 @@ from detutils.course import setup
 device = setup()["device"]
 
 # %%
+import math
+
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
@@ -50,6 +55,7 @@ import torch.nn.functional as F
 from detutils import boxes as box_ops
 from detutils.assigners import pad_ground_truth
 from detutils.assigners.tal import assign_task_aligned
+from detutils.checks import check_close, check_equal, check_passed, check_true
 from detutils.coders import decode_distance, dfl_distances, encode_distance
 from detutils.data.shapes import CLASS_NAMES, render_sample
 from detutils.losses import distribution_focal_loss, yolov8_loss
@@ -72,7 +78,8 @@ def load_sample(index, split="train", size=320):
 # ## 1. The three terms
 #
 # For a batch with task-aligned targets: `fg` the positive points, $\hat s_{ac}$ the
-# target score of point a and class c (notebook 31), $w_a = \sum_c \hat s_{ac}$ the
+# target score of point a and class c (notebook 31; s is TOOD's letter for a score,
+# and strides are named in words in this notebook), $w_a = \sum_c \hat s_{ac}$ the
 # weight of a positive, and $S = \max(1, \sum_{a,c} \hat s_{ac})$ the normaliser,
 #
 # $$
@@ -181,7 +188,7 @@ torch.testing.assert_close(ciou_px, ciou, rtol=1e-4, atol=1e-5)
 # R - 0.01 = 14.99. Each side's DFL splits the target between the two bins around it.
 
 # %%
-num_bins = dist_logits.shape[-1] // 4  # R + 1 = 16
+num_bins = dist_logits.shape[-1] // 4  # R + 1 = 16 (ultralytics' reg_max)
 target_ltrb = encode_distance(
     grid_points[anchor_index], target_boxes, max_dist=num_bins - 1, eps=0.01
 )
@@ -312,78 +319,211 @@ plt.show()
 #
 # ## Exercises
 #
-# **Exercise 1.** A batch with no box at all: which terms are zero, and what is the
-# class term? Check with `yolov8_loss`.
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
+# **Exercise 1.** A batch with no box at all (the given `no_boxes`, `no_labels`,
+# `no_mask`, M = 0): which terms are zero, and what is the class term? Assign to
+# `empty_losses` the dict `yolov8_loss` returns for our batch's predictions with these
+# targets, and to `all_background_bce` (a number) the BCE of every point and class
+# against a target of 0, summed. Predict the relation between the two first.
 
 # %% tags=["solution"]
-no_boxes = torch.zeros(2, 0, 4, device=device)
-no_labels = torch.zeros(2, 0, dtype=torch.long, device=device)
-no_mask = torch.zeros(2, 0, dtype=torch.bool, device=device)
+no_boxes = torch.zeros(2, 0, 4, device=device)  # (B, M, 4), M = 0
+no_labels = torch.zeros(2, 0, dtype=torch.long, device=device)  # (B, M)
+no_mask = torch.zeros(2, 0, dtype=torch.bool, device=device)  # (B, M)
+empty_losses = None  # dict with "box", "cls", "dfl", "loss"
+all_background_bce = None  # a number
+### BEGIN SOLUTION
 with torch.no_grad():
-    empty = yolov8_loss(
+    empty_losses = yolov8_loss(
         cls_logits, dist_logits, points, point_strides, no_boxes, no_labels, no_mask
     )
-    all_background = F.binary_cross_entropy_with_logits(
+    all_background_bce = F.binary_cross_entropy_with_logits(
         cls_logits, torch.zeros_like(cls_logits), reduction="sum"
     )
 # No positive: box and DFL are 0; S = max(1, 0) = 1, so cls = 0.5 x the summed BCE.
-assert empty["box"] == 0 and empty["dfl"] == 0
-torch.testing.assert_close(empty["cls"], 0.5 * all_background)
-print(f"cls {empty['cls'].item():.4f} = 0.5 x {all_background.item():.4f}")
+### END SOLUTION
+if empty_losses is not None:
+    print({name: f"{value.item():.4g}" for name, value in empty_losses.items()})
+
+# %% tags=["check"]
+check_true(
+    isinstance(empty_losses, dict),
+    "`empty_losses` should be the dict that yolov8_loss returns (box, cls, dfl, loss).",
+    hint="call yolov8_loss(cls_logits, dist_logits, points, point_strides, no_boxes, "
+    "no_labels, no_mask), under torch.no_grad().",
+)  # fmt: skip
+for name in ("box", "dfl"):
+    check_close(
+        f"empty_losses['{name}']", empty_losses[name], 0.0,
+        hint="without a box there is no positive, and the box and DFL terms sum over the "
+        "positives only.",
+    )  # fmt: skip
+# With target 0, BCE(x, 0) = -log(1 - sigmoid(x)) = softplus(x).
+expected_bce = F.softplus(cls_logits.detach()).sum()
+check_close(
+    "all_background_bce", all_background_bce, expected_bce,
+    hint="F.binary_cross_entropy_with_logits(cls_logits, zeros, reduction='sum'): 2 x 2100 "
+    "x 6 terms, each -log(1 - p).",
+)  # fmt: skip
+check_close(
+    "empty_losses['cls']", empty_losses["cls"], 0.5 * expected_bce,
+    hint="the target scores sum to 0, so S = max(1, 0) = 1: the class term is the gain 0.5 "
+    "times the summed BCE.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_close(
+    "empty_losses['loss']", empty_losses["loss"], 0.5 * expected_bce,
+    hint="the total is the sum of the three terms, two of them 0.",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 1")
 
 # %% [markdown]
-# **Exercise 2.** The best a distribution can do: for a target of 3.3 bins, build the
-# logits of the distribution with 0.7 on bin 3 and 0.3 on bin 4. Show that its DFL
-# equals the entropy of (0.7, 0.3), that its expected bin is 3.3, and that moving some
-# mass to bin 5 raises the loss.
+# **Exercise 2.** The best a distribution can do: for a target of 3.3 bins, build
+# `best_logits` `(1, 16)`, the logits of the distribution over the R + 1 = 16 bins with
+# 0.7 on bin 3 and 0.3 on bin 4, and its DFL `best_dfl` (a number, from
+# `distribution_focal_loss`). Show that `best_dfl` is the entropy of (0.7, 0.3) and
+# that the expected bin is 3.3; then move some mass to bin 5 and give that
+# distribution's DFL, `worse_dfl` (a number): it is larger.
 
 # %% tags=["solution"]
-target = torch.tensor([3.3])
-best = torch.full((1, 16), -30.0)
-best[0, 3], best[0, 4] = torch.tensor(0.7).log(), torch.tensor(0.3).log()
-entropy = -(0.7 * torch.tensor(0.7).log() + 0.3 * torch.tensor(0.3).log())
-torch.testing.assert_close(distribution_focal_loss(best, target, reduction="sum"), entropy)
-torch.testing.assert_close(dfl_distances(best.repeat(1, 4))[0, 0], torch.tensor(3.3))
-worse = best.clone()
-worse[0, 4], worse[0, 5] = torch.tensor(0.2).log(), torch.tensor(0.1).log()
-assert distribution_focal_loss(worse, target) > distribution_focal_loss(best, target)
-print(f"minimum DFL at 3.3: {entropy.item():.4f}")
+target_bin = torch.tensor([3.3])  # (1,) bins
+best_logits = None  # (1, 16)
+best_dfl = worse_dfl = None  # a number each
+### BEGIN SOLUTION
+best_logits = torch.full((1, 16), -30.0)  # e^-30: practically 0 on the other bins
+best_logits[0, 3], best_logits[0, 4] = torch.tensor(0.7).log(), torch.tensor(0.3).log()
+best_dfl = distribution_focal_loss(best_logits, target_bin, reduction="sum")
+worse_logits = best_logits.clone()
+worse_logits[0, 4], worse_logits[0, 5] = torch.tensor(0.2).log(), torch.tensor(0.1).log()
+worse_dfl = distribution_focal_loss(worse_logits, target_bin, reduction="sum")
+### END SOLUTION
+if best_dfl is not None and worse_dfl is not None:
+    print(f"best DFL {float(best_dfl):.4f}, worse DFL {float(worse_dfl):.4f}")
+
+# %% tags=["check"]
+check_true(
+    best_logits is not None,
+    "`best_logits` is still None: assign a (1, 16) tensor of logits to it.",
+    hint="start from torch.full((1, 16), -30.0) and set bins 3 and 4 to log 0.7, log 0.3.",
+)  # fmt: skip
+expected_probabilities = torch.zeros(1, 16)
+expected_probabilities[0, 3], expected_probabilities[0, 4] = 0.7, 0.3
+check_close(
+    "best_logits.softmax(-1)", torch.as_tensor(best_logits).softmax(-1),
+    expected_probabilities, atol=1e-6,
+    hint="the softmax of logits log p is p when the p sum to 1: log 0.7 at bin 3, log 0.3 "
+    "at bin 4, and a very low logit (-30) everywhere else.",
+)  # fmt: skip
+entropy = -(0.7 * math.log(0.7) + 0.3 * math.log(0.3))  # 0.6109
+check_close(
+    "best_dfl", best_dfl, entropy,
+    hint="DFL = -(0.7 log p3 + 0.3 log p4) for a target of 3.3; with p3 = 0.7, p4 = 0.3 it "
+    "is the entropy of (0.7, 0.3).",
+)  # fmt: skip
+check_true(
+    worse_dfl is not None and float(worse_dfl) > entropy,
+    f"`worse_dfl` should be a number above best_dfl ({entropy:.4f}); it is {worse_dfl}.",
+    hint="take mass from bin 3 or 4 to bin 5 (e.g. 0.7, 0.2, 0.1) and call "
+    "distribution_focal_loss on those logits with the same target.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_close(
+    "the expected bin of best_logits", dfl_distances(best_logits.repeat(1, 4))[0, 0], 3.3,
+    hint="0.7 x 3 + 0.3 x 4 = 3.3: the integral of the best distribution is the target.",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 2")
 
 # %% [markdown]
 # **Exercise 3.** A 300 × 300 px box centred on (164, 164), learnt by the point of each
-# level nearest its centre. Which level must clamp its DFL targets, and by how many
-# strides does the decoded box fall short there?
+# level nearest its centre. Assign `needed` `(3,)`, the largest exact distance (in
+# strides) from that point to a side at strides 8, 16 and 32; `clamped_stride`, the
+# stride whose DFL targets must be clamped (R = 15 is the last bin); and `shortfall`,
+# by how many strides the decoded box falls short on each side there.
 
 # %% tags=["solution"]
-big_box = torch.tensor([14.0, 14.0, 314.0, 314.0])
+big_box = torch.tensor([14.0, 14.0, 314.0, 314.0])  # xyxy px
+needed = None  # (3,) strides, at strides 8, 16, 32
+clamped_stride = None  # int
+shortfall = None  # strides
+### BEGIN SOLUTION
+needed = []
 for stride in (8, 16, 32):
     point = (torch.tensor([164.0, 164.0]) / stride).floor() + 0.5  # grid units, a cell centre
-    exact = encode_distance(point, big_box / stride)
+    exact = encode_distance(point, big_box / stride)  # (4,) l, t, r, b strides
     kept = encode_distance(point, big_box / stride, max_dist=15, eps=0.01)
-    print(f"stride {stride}: needs {exact.max().item():.4f}, gets {kept.max().item():.4f} strides")
-    if stride == 8:
-        assert (exact > 15).all() and torch.allclose(kept, torch.full((4,), 14.99))
-    else:
-        torch.testing.assert_close(kept, exact)
+    needed.append(exact.max().item())
+    if (exact > kept).any():
+        clamped_stride, shortfall = stride, (exact - kept).max().item()
 # 150 px per side is 18.75 strides at stride 8, more than 15: clamped to 14.99, 3.76
 # strides (30 px) short on every side. At strides 16 and 32 (points at 168 and 176 px)
 # every side is below 15 strides: learnt exactly.
+### END SOLUTION
+if shortfall is not None:
+    print(f"needed {needed} strides; clamped at stride {clamped_stride}, short {shortfall:.4g}")
+
+# %% tags=["check"]
+# Nearest points: 164 = 4 + 8 x 20 (stride 8), 168 (16), 176 (32). Largest sides:
+# 150 / 8 = 18.75, (168 - 14) / 16 = 9.625, (176 - 14) / 32 = 5.0625 strides.
+check_close(
+    "needed", needed, [18.75, 9.625, 5.0625],
+    hint="the point of a level is at ((164 // stride) + 0.5) × stride; divide point and "
+    "box by the stride and take the largest of l, t, r, b (encode_distance without "
+    "max_dist).",
+)  # fmt: skip
+check_equal(
+    "clamped_stride", clamped_stride, 8,
+    hint="a distance above R - 0.01 = 14.99 strides is clamped: which entry of `needed` is "
+    "above it?",
+)  # fmt: skip
+check_close(
+    "shortfall", shortfall, 18.75 - 14.99,
+    hint="the target is clamped to 14.99 strides: the decoded side falls short by the "
+    "exact distance minus 14.99.",
+)  # fmt: skip
+check_passed("Exercise 3")
 
 # %% [markdown]
 # **Exercise 4.** The normaliser S is shared by the three terms. Scale every target
 # score by 0.5 (as if the assigner's metrics were twice smaller): what happens to the
-# box term? Explain with the formula, then check with the inline computation.
+# box term? Explain with the formula, then compute `half_sum` (the new S, a number) and
+# `half_box` (the box term before its gain, a number) with the inline computation of
+# section 4.
 
 # %% tags=["solution"]
-half_scores = target_scores * 0.5
+half_sum = half_box = None  # a number each
+### BEGIN SOLUTION
+half_scores = target_scores * 0.5  # (B, A, C)
 half_sum = half_scores.sum().clamp(min=1)
-half_box = ((1 - ciou) * half_scores.sum(-1)[fg_mask]).sum() / half_sum
-print(f"S {target_scores_sum.item():.4f} -> {half_sum.item():.4f}")
-print(f"box {loss_box.item():.4f} -> {half_box.item():.4f}")
+half_box = ((1 - ciou.detach()) * half_scores.sum(-1)[fg_mask]).sum() / half_sum
 # The weights and S halve together, so the term is unchanged, as long as S stays above
 # its floor of 1; only a batch whose target scores sum below 1 feels the floor.
-assert half_sum > 1
-torch.testing.assert_close(half_box, loss_box)
+### END SOLUTION
+if half_sum is not None and half_box is not None:
+    print(f"S {target_scores_sum.item():.4g} -> {float(half_sum):.4g}")
+    print(f"box {loss_box.item():.4g} -> {float(half_box):.4g}")
+
+# %% tags=["check"]
+check_close(
+    "half_sum", half_sum, assignment.scores.sum() / 2,
+    hint="S = max(1, sum of the target scores): halving every score halves the sum, which "
+    "stays above 1 here.",
+)  # fmt: skip
+check_close(
+    "half_box", half_box, losses["box"] / 7.5,
+    hint="weights w_a = sum_c s_ac and S both halve: the box term (before the gain 7.5) is "
+    "the one of section 4. Recompute ((1 - ciou) * w).sum() / S with the halved scores.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_close(
+    "half_box", half_box, loss_box, rtol=1e-5,
+    hint="the halved weights and S cancel out exactly (up to rounding).",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 4")
 
 # %% [markdown]
 # ## Further reading

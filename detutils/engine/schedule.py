@@ -162,7 +162,8 @@ class TrainSchedule:
             "images per step": str(self.batch_size),
             "length": length,
             "image size": f"{self.img_size} px",
-            "warm-up": f"{self.warmup_epochs:g} epochs from {self.warmup_start_factor:g} lr",
+            "warm-up": f"{self.warmup_epochs:g} epoch{'' if self.warmup_epochs == 1 else 's'} "
+            f"from {self.warmup_start_factor:g} lr",
             "decay": decay,
             "EMA of the weights": "yes" if self.ema else "no",
             "mixed precision": "yes" if self.amp else "no (float32)",
