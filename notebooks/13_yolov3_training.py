@@ -30,9 +30,12 @@
 #    them.
 #
 # **Prerequisites**: notebooks 10 (outputs), 11 (targets) and 12 (loss); notebook 00
-# (the shapes set and the schedules).
+# (the shapes set and the schedules); notebook 03 (NMS and COCO's AP).
 #
-# **The stored outputs come from a run on the `cpu` schedule** (eight minutes on a
+# **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
+# the flat prior index are those of [notebook 04](04_notation.ipynb).
+#
+# **The stored outputs come from a run on the `cpu` schedule** (ten minutes on a
 # 2-core CPU). In CI the notebook runs on the `ci` schedule (three iterations at
 # 64 px, seconds), so every cell whose output depends on the schedule (the training
 # log, the metrics, the figures of the trained model) is marked to be left out of the
@@ -64,7 +67,9 @@ from torch.utils.data import DataLoader
 
 from detutils import boxes as box_ops
 from detutils import current_schedule
-from detutils.assigners import build_yolov3_targets, pad_ground_truth
+from detutils.assigners import build_yolov3_targets, pad_ground_truth, wh_iou
+from detutils.checks import check_equal, check_function, check_passed, check_true
+from detutils.course import exercise_network
 from detutils.data import (
     CocoDetection,
     build_train_set,
@@ -94,38 +99,70 @@ table[differs]
 
 # %% [markdown]
 # - **`gpu`** follows the recipe of the reference (ultralytics/yolov3, archive branch,
-#   `train.py`): SGD with Nesterov momentum 0.937 at learning rate 0.01, weight decay
-#   5e-4, 300 epochs of 64 images per step (the reference accumulates four batches of
-#   16), a warm-up of 3 epochs, a cosine decay to 5 % of the rate, mixed precision and
-#   an exponential moving average of the weights. It is not the reference's run: the
-#   reference trains on several image sizes (320 to 640 px; here 416 px), scales the
-#   class gain by C / 80 for C classes (here the COCO gain, notebook 12), ramps `gr`,
-#   the momentum, the weight decay and the biases' rate during warm-up (here one ramp
-#   of the rate for every group), and does not clip the gradient (here at a norm of
-#   10).
+#   `train.py`) where the course's trainer can; the table below sets them side by side
+#   and shows where they differ.
 # - **`cpu`** must show a detector learning within ten minutes of a 2-core CPU,
 #   evaluation included, and is designed for float32, the arithmetic every CPU has: 500
 #   steps of sixteen images at the set's 320 px, four passes over the 2,000 training
 #   images. Every choice serves learning fast: AdamW (it moves faster than SGD in the
 #   first few hundred steps), a warm-up of half an epoch, random flips and colour jitter
 #   on images decoded into memory once, and one evaluation, at the end. The weights are
-#   laid out *channels-last* (`channels_last`): the channels of each pixel side by side
-#   in memory, the layout the CPU's convolution kernels read fastest. On a CPU with
-#   native bfloat16 kernels (AVX512-BF16 or AMX), `amp` (`--amp` on the command line)
-#   runs the convolutions in *bfloat16*, a 16-bit float with float32's 8-bit exponent
-#   and a 7-bit mantissa, so nothing overflows and no loss scaling is needed, while the
-#   weights, the loss and the optimizer stay in float32; there a step took half the
-#   time, so more steps fit. A CPU without them trains in float32 whatever `amp` says.
+#   laid out *channels-last* (`channels_last`), the memory layout the CPU's convolution
+#   kernels read fastest. On a CPU with native bfloat16 kernels, `amp` (`--amp` on the
+#   command line) runs the convolutions in bfloat16 while the weights, the loss and the
+#   optimizer stay in float32; a CPU without them trains in float32 whatever `amp` says.
+#   These choices (bfloat16 and native kernels, channels-last, the time-driven learning
+#   rate below, images decoded once) are explained and measured in
+#   [notebook 92](92_training_fast_on_a_cpu.ipynb).
 # - **`ci`** only checks that everything runs: three steps of four 64 px images.
 #
+# The reference's recipe (archive `train.py`: its `hyp` dictionary, command-line
+# defaults and training loop), the `gpu` schedule and the `cpu` one, side by side. The
+# two course columns are read from the schedules and the model's config:
+
+# %%
+reference = {
+    "optimizer": "SGD, Nesterov momentum 0.937 (from 0.9 in the burn-in)",
+    "learning rate": "0.01 (biases' rate falls from 0.1 in the burn-in)",
+    "weight decay": "0.0005 (from 0 in the burn-in)",
+    "images per step": "64 (batches of 16, 4 accumulated)",
+    "length": "300 epochs",
+    "image size": "320 to 640 px, a new size every batch; tests at 640 px",
+    "warm-up": "burn-in: max(3 epochs, 500 steps), from 0",
+    "decay": "cosine to 0.05 lr",
+    "EMA of the weights": "yes",
+    "mixed precision": "yes (apex, when installed)",
+    "augmentation": "flip, HSV, mosaic",
+    "gradient clipping": "none",
+    "time guard": "none",
+    "class gain": "37.4 C / 80 (notebook 12)",
+    "gr": "0 to 1 in the burn-in (notebook 12)",
+    "initial weights": "--weights (default: a COCO-trained YOLOv3-SPP; '' for random)",
+}
+yolov3_config = build_detector("yolov3-tiny", num_classes=6).config
+course_rows = {
+    "class gain": f"{yolov3_config.cls_gain:g}",
+    "gr": f"{yolov3_config.gr:g}",
+    "initial weights": "random",
+}
+recipes = pd.DataFrame(
+    {
+        "reference": reference,
+        "gpu": schedules["gpu"].recipe() | course_rows,
+        "cpu": schedules["cpu"].recipe() | course_rows,
+    }
+)
+recipes
+
+# %% [markdown]
 # The `cpu` run is planned in *iterations*, not epochs: the learning rate follows a
 # linear warm-up, then a cosine that reaches its floor at the last planned iteration.
 # Planned in epochs, a run stopped by its time budget would stop with the rate still
 # high, and keep the weights of a noisy mid-training step. `max_minutes` (8.75)
-# guards the budget on a slower machine, and `lr_by_time` makes the schedule follow
-# whichever clock is further along, the iterations or the minutes: a machine that
-# keeps to the plan gets exactly the curve below, a slower one reaches the floor at
-# its deadline with fewer steps.
+# guards the budget on a slower machine, and `lr_by_time` makes the learning rate follow
+# whichever clock is further along, the iterations or the minutes: a machine that keeps
+# to the plan gets exactly the curve below, a slower one reaches the floor at its
+# deadline with fewer steps ([notebook 92](92_training_fast_on_a_cpu.ipynb) shows why).
 
 # %%
 cpu = schedules["cpu"]
@@ -372,17 +409,18 @@ plt.show()
 # and no native bfloat16 (2 threads, float32, data loading included); the whole
 # benchmark run, with its five evaluations, took 11.8 minutes.
 #
-# **In ten minutes, on this CPU.** The run whose outputs this notebook stores, the
-# schedule as it is (2 torch threads, nothing else running):
+# **In ten minutes, on one CPU.** The run whose outputs this notebook stores, the
+# schedule as it is (float32, 2 torch threads, nothing else running), on a 2-core AMD
+# EPYC with AVX-512, at 1.15 s a step:
 #
 # | run | steps | minutes | AP | AP50 | AP75 | APs | APm | APl |
 # | --- | --- | --- | --- | --- | --- | --- | --- | --- |
-# | this notebook | 478 | 8.8 training | 0.242 | 0.442 | 0.236 | 0.065 | 0.342 | 0.337 |
+# | this notebook | 460 | 8.8 training | 0.235 | 0.437 | 0.222 | 0.066 | 0.338 | 0.317 |
 #
 # A slower CPU fits fewer steps before the time guard (8.75 minutes) ends the run, and
 # scores lower: read the per-step table at the step count it reached. With `--amp` on
-# a CPU with native bfloat16 kernels a step took about half the time of a float32 one
-# (0.53 s against 1.11 s at 256 px on a 2-core CPU with AVX-512), so more steps fit.
+# a CPU with native bfloat16 kernels a step takes about half the time of a float32 one,
+# so more steps fit ([notebook 92](92_training_fast_on_a_cpu.ipynb) has the figures).
 # The curve flattens at the end as the cosine comes down, but the network is far from
 # trained: the run is limited by its budget.
 #
@@ -406,16 +444,35 @@ plt.show()
 #
 # ## Exercises
 #
-# **Exercise 1.** Write the `cpu` schedule's learning rate by hand: a linear warm-up
-# from 1 % of `lr` at iteration 0 towards `lr` at iteration 62 (half an epoch of 125
-# steps, rounded), then a cosine `final + (1 - final) (1 + cos(pi t)) / 2`, with `t`
-# going from 0 at iteration 62 to 1 at the last iteration, 499. Check your values at
-# iterations 0, 31, 62, 450 and 499 against `lr_factor`, the function the trainer's
-# scheduler calls.
+# The exercises need a trained network, `exercise_model`. If you ran the lesson, the
+# cell below loads the network of its run. To do them without the lesson's ten-minute
+# run, execute the set-up, import and data cells of section 2 (`root`, `train_set`,
+# `val_set`, `schedule`), then the cell below: it trains YOLOv3-tiny for 45 seconds the
+# first time (a network that has only started to learn, so expect small numbers) and
+# loads the stored network after.
+
+# %%
+# NBVAL_IGNORE_OUTPUT
+lesson_run = root.parents[1] / "runs" / "13_yolov3_tiny"  # the lesson's run, if it finished
+exercise_model = exercise_network("yolov3-tiny", root, lesson_run=lesson_run)
+
+# %% [markdown]
+# Each exercise is followed by a check cell: run it after your answer. It says what it
+# expected and gives a hint when the answer is not right yet.
+#
+# **Exercise 1.** Write the `cpu` schedule's learning rate by hand, as a function
+# `factor_by_hand(iteration)` that returns the fraction of `cpu.lr` at that iteration:
+# a linear warm-up from 1 % of `lr` at iteration 0 towards `lr` at iteration 62 (half
+# an epoch of 125 steps, rounded), then a cosine
+# `final + (1 - final) (1 + cos(pi t)) / 2`, with `t` going from 0 at iteration 62 to 1
+# at the last iteration, 499. The check compares it with `lr_factor`, the function the
+# trainer's scheduler calls.
 
 # %% tags=["solution"]
-cpu = schedules["cpu"]
+cpu = schedules_for("yolov3-tiny")["cpu"]
 warmup, total, final = 62, cpu.iterations, cpu.final_lr_fraction
+factor_by_hand = None  # your function (iteration: int) -> float, a fraction of cpu.lr
+### BEGIN SOLUTION
 
 
 def factor_by_hand(iteration: int) -> float:
@@ -425,71 +482,165 @@ def factor_by_hand(iteration: int) -> float:
     return final + (1 - final) * (1 + math.cos(math.pi * t)) / 2
 
 
-checked = [0, 31, 62, 450, cpu.iterations - 1]
-by_hand = torch.tensor([factor_by_hand(i) for i in checked], dtype=torch.float64)
-library = torch.tensor([lr_factor(i, total, cpu, warmup) for i in checked], dtype=torch.float64)
-torch.testing.assert_close(by_hand, library)
-pd.DataFrame({"iteration": checked, "learning rate": (cpu.lr * by_hand).tolist()})
+### END SOLUTION
+if factor_by_hand is not None:
+    for iteration in (0, 31, 62, 450, total - 1):
+        print(f"iteration {iteration:3d}: learning rate {cpu.lr * factor_by_hand(iteration):.4g}")
+
+# %% tags=["check"]
+check_function(
+    "factor_by_hand", factor_by_hand, [(0,), (31,), (62,), (450,), (total - 1,)],
+    lambda iteration: lr_factor(iteration, total, cpu, warmup),
+    hint="below iteration 62: 0.01 + 0.99 * iteration / 62 (0.505 at 31); from 62 on: "
+    "t = (iteration - 62) / (499 - 62), then the cosine, which gives 1 at 62 and "
+    "final = cpu.final_lr_fraction (0.01) at 499.",
+)  # fmt: skip
+### BEGIN HIDDEN TESTS
+check_function(
+    "factor_by_hand", factor_by_hand, [(iteration,) for iteration in range(0, total, 7)],
+    lambda iteration: lr_factor(iteration, total, cpu, warmup),
+    hint="every iteration of the run, not only the five shown",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 1")
 
 # %% [markdown]
 # **Exercise 2.** Notebook 11 showed that a box whose shape matches no anchor (wh-IoU
 # at most `iou_t`) gets no positive at all. At the schedule's image size, which boxes of
-# the first 64 validation images get none? Use `build_yolov3_targets` with the model's
-# anchors, count the boxes with and without a positive per COCO size bin (area below
-# 32², up to 96², above, in the pixels of the network input), and check that every box
-# without a positive is small.
+# the first 64 validation images get none? With `build_yolov3_targets` and the anchors,
+# strides and `iou_t` of `exercise_model`, set `has_positive` `(B, M)` (B = 64 images,
+# M boxes per image, padded): True where box m of image b is a positive of at least
+# one (layer, anchor, cell), False for the others and for the padding. The cell then
+# counts the boxes with and without a positive per COCO size bin (area below 32², up to
+# 96², above, in the pixels of the network input).
 
 # %% tags=["solution"]
 # NBVAL_IGNORE_OUTPUT
 # (the counts depend on the schedule's image size)
 targets = [val_set[index][1] for index in range(64)]
-gt_boxes, gt_labels, gt_mask = pad_ground_truth(targets)
+gt_boxes, gt_labels, gt_mask = pad_ground_truth(targets)  # (B, M, 4), (B, M), (B, M)
+has_positive = None  # (B, M) bool
+### BEGIN SOLUTION
+size, strides = schedule.img_size, exercise_model.strides
 layer_targets = build_yolov3_targets(
     gt_boxes,
     gt_labels,
     gt_mask,
-    anchors=[head.anchors.cpu() for head in model.heads],
-    strides=model.strides,
-    feature_sizes=[(schedule.img_size // s, schedule.img_size // s) for s in model.strides],
-    iou_t=model.config.iou_t,
+    anchors=[head.anchors.cpu() for head in exercise_model.heads],
+    strides=strides,
+    feature_sizes=[(size // stride, size // stride) for stride in strides],
+    iou_t=exercise_model.config.iou_t,
 )
-has_positive = torch.zeros_like(gt_mask)
+has_positive = torch.zeros_like(gt_mask)  # (B, M)
 for layer in layer_targets:
     has_positive[layer.image, layer.gt_index] = True
-areas = box_ops.box_area(gt_boxes)[gt_mask]  # (K,)
-size_bin = pd.cut(areas.numpy(), [0, 32**2, 96**2, math.inf], labels=["small", "medium", "large"])
-counts = pd.crosstab(
-    pd.Series(size_bin, name="size"), pd.Series(has_positive[gt_mask].numpy(), name="positive")
+### END SOLUTION
+if has_positive is not None:
+    areas = box_ops.box_area(gt_boxes)[gt_mask]  # (N,) the N real boxes
+    bins = pd.cut(areas.numpy(), [0, 32**2, 96**2, math.inf], labels=["small", "medium", "large"])
+    positive = torch.as_tensor(has_positive)[gt_mask].numpy()
+    print(pd.crosstab(pd.Series(bins, name="size"), pd.Series(positive, name="positive")))
+
+# %% tags=["check"]
+# A box has a positive when some anchor of some layer has a wh-IoU above iou_t with it
+# (notebook 11); its cell always exists, so only the shape decides.
+anchor_wh = torch.cat([head.anchors.cpu() for head in exercise_model.heads])  # (L K, 2) px
+box_wh = (gt_boxes[..., 2:] - gt_boxes[..., :2]).reshape(-1, 2)  # (B M, 2) px
+best_iou = wh_iou(anchor_wh, box_wh).amax(dim=0).reshape(gt_mask.shape)  # (B, M)
+check_equal(
+    "has_positive", has_positive, (best_iou > exercise_model.config.iou_t) & gt_mask,
+    hint="start from torch.zeros_like(gt_mask) and set True at [layer.image, "
+    "layer.gt_index] for every layer that build_yolov3_targets returns; anchors in "
+    "pixels: [head.anchors for head in exercise_model.heads], strides "
+    "exercise_model.strides, feature sizes img_size // stride.",
+)  # fmt: skip
+without = gt_mask & ~torch.as_tensor(has_positive).bool()  # (B, M) real boxes, no positive
+check_true(
+    bool((box_ops.box_area(gt_boxes)[without] < 32**2).all()),
+    "every box without a positive should be small (area below 32² px).",
+    hint="a box too small for the smallest anchor matches none; large boxes match one",
 )
-assert (areas[~has_positive[gt_mask]] < 32**2).all()
-counts
+check_passed("Exercise 2")
 
 # %% [markdown]
 # **Exercise 3.** Among the validation boxes that some detection with a score of at
-# least 0.1 overlaps at IoU ≥ 0.5, how often does the best-scoring such detection
-# carry the right class? (Use the first 32 validation images and `box_ops.box_iou`.)
+# least 0.01 overlaps at IoU ≥ 0.5, how often does the best-scoring such detection
+# carry the right class? (A network trained for 45 seconds is not yet sure of
+# anything: its scores stay low, hence the low threshold.) The answer cell starts from
+# `samples`, the first 32 validation images with their targets, and `detections`, what
+# `exercise_model` finds on them (score ≥ 0.01, at most 100 per image). With
+# `box_ops.box_iou`, count `located` (int), the boxes that some detection, of any
+# class, overlaps at IoU ≥ 0.5, and `correct` (int), those whose best-scoring
+# overlapping detection has the box's class.
 
 # %% tags=["solution"]
 # NBVAL_IGNORE_OUTPUT
-# (the detections of this run)
-located = correct = 0
+# (the detections of the exercise network)
+samples = [val_set[index] for index in range(32)]
 with torch.no_grad():
-    for start_index in range(0, 32, 16):
-        batch = [val_set[index] for index in range(start_index, start_index + 16)]
-        images = torch.stack([image for image, _ in batch]).to(device)
-        outputs = model.predict(model(images), score_thr=0.1, iou_thr=0.6, max_det=100)
-        for (_, target), found in zip(batch, outputs, strict=True):
-            iou = box_ops.box_iou(target["boxes"], found["boxes"].cpu())  # (M, N)
-            scores = torch.where(iou >= 0.5, found["scores"].cpu(), -1.0)  # (M, N)
-            if scores.numel() == 0:
-                continue
-            best = scores.argmax(dim=1)  # (M,)
-            hit = scores.max(dim=1).values >= 0  # (M,)
-            located += int(hit.sum())
-            correct += int((found["labels"].cpu()[best] == target["labels"])[hit].sum())
-assert 0 <= correct <= located
-accuracy = correct / located if located else math.nan
-print(f"{located} boxes located, {correct} with the right class ({accuracy:.4f})")
+    detections = [
+        found
+        for first in range(0, 32, 16)
+        for found in exercise_model.predict(
+            exercise_model(torch.stack([image for image, _ in samples[first : first + 16]])),
+            score_thr=0.01, iou_thr=0.6, max_det=100,
+        )
+    ]  # fmt: skip
+located = correct = None  # int each
+### BEGIN SOLUTION
+located = correct = 0
+for (_, target), found in zip(samples, detections, strict=True):
+    iou = box_ops.box_iou(target["boxes"], found["boxes"])  # (M, N)
+    scores = torch.where(iou >= 0.5, found["scores"], -1.0)  # (M, N)
+    if scores.numel() == 0:
+        continue
+    best = scores.argmax(dim=1)  # (M,)
+    hit = scores.max(dim=1).values >= 0  # (M,)
+    located += int(hit.sum())
+    correct += int((found["labels"][best] == target["labels"])[hit].sum())
+### END SOLUTION
+if located is not None and correct is not None:
+    accuracy = correct / located if located else math.nan
+    print(f"{located} boxes located, {correct} with the right class ({accuracy:.4f})")
+
+# %% tags=["check"]
+check_true(
+    located is not None and correct is not None,
+    "`located` and `correct` are still None: assign the two counts (ints) to them.",
+    hint="loop over zip(samples, detections); box_ops.box_iou(target['boxes'], "
+    "found['boxes']) is (M, N), one row per ground-truth box.",
+)
+overlaps = [
+    box_ops.box_iou(target["boxes"], found["boxes"]) >= 0.5  # (M, N)
+    for (_, target), found in zip(samples, detections, strict=True)
+]
+check_equal(
+    "located", int(located), sum(int(overlap.any(dim=1).sum()) for overlap in overlaps),
+    hint="a box is located when at least one detection, whatever its class, has an IoU "
+    "of at least 0.5 with it: count the rows of (iou >= 0.5) that hold a True.",
+)  # fmt: skip
+check_true(
+    0 <= correct <= located,
+    f"`correct` ({correct}) should lie between 0 and `located` ({located}).",
+    hint="count only located boxes, and among them those whose best-scoring overlapping "
+    "detection (scores masked with iou >= 0.5, then argmax) has the box's label.",
+)
+### BEGIN HIDDEN TESTS
+expected_correct = 0
+for (_, target), found in zip(samples, detections, strict=True):
+    if len(found["boxes"]) == 0:
+        continue
+    order = found["scores"].argsort(descending=True, stable=True)  # detections by score
+    overlap = box_ops.box_iou(target["boxes"], found["boxes"][order]) >= 0.5  # (M, N)
+    first = overlap.int().argmax(dim=1)  # (M,) the best-scoring overlapping detection
+    right = found["labels"][order][first] == target["labels"]  # (M,)
+    expected_correct += int((right & overlap.any(dim=1)).sum())
+check_equal(
+    "correct", int(correct), expected_correct,
+    hint="the best-scoring detection among those at IoU >= 0.5 decides the class",
+)  # fmt: skip
+### END HIDDEN TESTS
+check_passed("Exercise 3")
 
 # %% [markdown]
 # ## Further reading

@@ -140,3 +140,47 @@ def test_significant_keeps_four_digits_of_float_columns_only():
     assert rounded["id"].tolist() == [1, 2] and rounded["name"].tolist() == ["a", "b"]
     assert table["x"].tolist() == [9.61675e-05, 123.456789]  # a copy: the table is untouched
     assert significant(table, digits=2)["x"].tolist() == [9.6e-05, 120.0]
+
+
+def test_stored_notebooks_keep_a_widgets_text_not_its_state():
+    from detutils.course import _drop_widget_state
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["widgets"] = {"application/vnd.jupyter.widget-state+json": {"state": {}}}
+    slider = nbformat.v4.new_code_cell("interact(...)")
+    view = {"application/vnd.jupyter.widget-view+json": {"model_id": "abc"}}
+    slider.outputs = [
+        nbformat.v4.new_output("display_data", data={**view, "text/plain": "interactive(...)"}),
+        nbformat.v4.new_output("display_data", data=dict(view)),  # nothing left: dropped
+    ]
+    nb.cells = [nbformat.v4.new_markdown_cell("text"), slider]
+    _drop_widget_state(nb)
+    assert "widgets" not in nb.metadata
+    assert [o.data for o in slider.outputs] == [{"text/plain": "interactive(...)"}]
+    assert "outputs" not in nb.cells[0]  # a markdown cell gets no outputs field
+    nbformat.validate(nb)
+
+
+def test_exercise_network_prefers_the_lesson_run_then_its_own_cached_one(tmp_path, capsys):
+    from detutils.course import exercise_network
+    from detutils.data import generate_shapes
+    from detutils.engine.checkpoint import save_checkpoint
+
+    root = generate_shapes(tmp_path / "shapes", train=8, val=2, size=64, seed=0, workers=1)
+    out = tmp_path / "exercises"
+    first = exercise_network("yolov8n", root, schedule_name="ci", out_dir=out)
+    assert "trained 3 steps" in capsys.readouterr().out
+    again = exercise_network("yolov8n", root, schedule_name="ci", out_dir=out)
+    assert "loaded the exercise network" in capsys.readouterr().out
+    for a, b in zip(first.state_dict().values(), again.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    assert not again.training
+    # a finished lesson run (its folder holds last.pt) comes first
+    lesson = tmp_path / "lesson"
+    state = torch.load(out / "last.pt", weights_only=True)
+    save_checkpoint({**state, "iteration": 500}, lesson / "last.pt")
+    exercise_network("yolov8n", root, schedule_name="ci", out_dir=out, lesson_run=lesson)
+    assert "the lesson's run (500 steps)" in capsys.readouterr().out
+    # another model's checkpoint is refused, naming the file
+    with pytest.raises(Exception, match="holds model 'yolov8n', not 'nanodet-m'"):
+        exercise_network("nanodet-m", root, schedule_name="ci", out_dir=out, lesson_run=lesson)
