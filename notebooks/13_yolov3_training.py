@@ -435,8 +435,8 @@ plt.show()
 # - A schedule is every number of a run. For a fixed time budget, plan it in
 #   iterations and let the cosine end at the last one; keep a time guard.
 # - On a CPU budget, steps are what count. Judge a recipe by what it learns from a
-#   number of steps (AP50 after 500 steps is the same on every CPU) and its cost by the
-#   time of a step, which depends on the CPU.
+#   number of steps (AP50 after 500 steps hardly depends on the CPU) and its cost by
+#   the time of a step, which does.
 # - `detutils.engine.train` trains any detector of the course; `evaluate` gives COCO
 #   AP (pycocotools) overall, by size and by class.
 # - A young YOLOv3 finds objects before it can name them: scoring with the classes

@@ -98,7 +98,7 @@ table[table.astype(str).nunique(axis=1) > 1]
 #   are cheap, so it can afford images larger than the set's 320 px: enlarged, the
 #   smallest shapes cover more cells of the stride-8 level. What each choice buys was
 #   measured in steps, not minutes, with `benchmarks/sample_efficiency.py` (AP50 after
-#   500 steps, the same on every CPU): at 320 px the same 500 steps scored 0.39; at
+#   500 steps, which hardly depends on the CPU): at 320 px the same 500 steps scored 0.39; at
 #   320 px with lr 0.004, 0.37; at 320 px with an exponential moving average of the
 #   weights, 0.38. Section 8 has the curve of the recipe as it is.
 #   As for YOLOv3-tiny, the weights are laid out channels-last (`channels_last`), the

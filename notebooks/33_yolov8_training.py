@@ -111,7 +111,7 @@ table[table.astype(str).nunique(axis=1) > 1]
 # How many steps fit in ten minutes depends on the CPU; how much a network learns from
 # a number of steps does not. That is how the recipe was chosen, with
 # `benchmarks/sample_efficiency.py`: AP50 on the validation images after 100, 200, ...
-# 500 steps, the same on every CPU (section 8). The same benchmark trains ultralytics'
+# 500 steps, which hardly depends on the CPU (section 8). The same benchmark trains ultralytics'
 # own YOLOv8n on this set, with a recipe fitted to the same budget (AdamW at 0.002,
 # half an epoch of warm-up, batch 16, 320 px, its augmentation without mosaic, its
 # EMA), for the same number of steps: the course's recipe learns at least as much per
