@@ -36,7 +36,7 @@
 # many boxes per object); the shapes set of notebook 00.
 #
 # **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
-# the flat prior index are those of [notebook 04](04_notation.ipynb).
+# the flat prior index are those of [notebook 09](09_notation.ipynb).
 
 # %%
 # %matplotlib inline

@@ -31,7 +31,7 @@
 # (planning a schedule for a time budget; the same engine and evaluation).
 #
 # **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
-# the flat prior index are those of [notebook 04](04_notation.ipynb).
+# the flat prior index are those of [notebook 09](09_notation.ipynb).
 #
 # **The stored outputs come from a run on the `cpu` schedule** (about ten minutes on a
 # 2-core CPU). In CI the notebook runs on the `ci` schedule (three iterations at

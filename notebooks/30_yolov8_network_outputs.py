@@ -34,7 +34,7 @@
 # distribution), notebook 20 (NanoDet's distribution head and the tracer).
 #
 # **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
-# the flat prior index are those of [notebook 04](04_notation.ipynb).
+# the flat prior index are those of [notebook 09](09_notation.ipynb).
 
 # %%
 # %matplotlib inline

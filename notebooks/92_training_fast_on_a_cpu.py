@@ -36,7 +36,7 @@
 # YOLOv8n, the network timed here.
 #
 # **Notation**: the letters of the shapes (B, A, M, C, K, R, ...), the box formats and
-# the flat prior index are those of [notebook 04](04_notation.ipynb).
+# the flat prior index are those of [notebook 09](09_notation.ipynb).
 #
 # **The timing cells measure at the real size** (YOLOv8n, 16 images of 320 px, a few
 # steps each) on every run, on whatever CPU runs them, so their outputs differ from run

@@ -9,7 +9,7 @@
 # ---
 
 # %% [markdown]
-# # 04 · Notation: the letters, box formats and indices of the whole course
+# # 09 · Notation: the letters, box formats and indices of the whole course
 #
 # Every notebook writes shapes such as `(B, A, 4)` and speaks of priors, levels and
 # bins. This page fixes what each letter and each name means, once, for the whole
