@@ -103,9 +103,18 @@ def _errors(nb):
     return found
 
 
+SLIDER = "interact("
+
+
 @pytest.mark.parametrize("source", NOTEBOOKS, ids=ids)
 def test_student_copy_runs_and_only_its_checks_fail_with_a_message(source):
     release = nbformat.read(RELEASE / f"{source.stem}.ipynb", as_version=4)
+    # A slider cell (an ipywidgets figure, NBVAL_IGNORE_OUTPUT) is left out here: under
+    # nbclient its Output widget's messages now and then leave the client waiting for a
+    # reply until its timeout. nbval executes those cells in the course notebooks.
+    for cell in release.cells:
+        if cell.cell_type == "code" and SLIDER in cell.source:
+            cell.source = "pass  # a slider cell, executed by nbval in the course notebook"
     executed = _execute(release, source.parent)
     errors = _errors(executed)
     failing = {index for index, _, _ in errors}
