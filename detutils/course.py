@@ -129,13 +129,21 @@ def course_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     return sorted(p for p in notebook_dir.glob("*.py") if NOTEBOOK_PATTERN.match(p.stem))
 
 
-def _execute(nb, cwd: Path, timeout: int | None, env: dict[str, str]) -> None:
+def _execute(
+    nb, cwd: Path, timeout: int | None, env: dict[str, str], allow_errors: bool = False
+) -> None:
+    """Execute ``nb`` in place in a kernel started in ``cwd`` with ``env`` added.
+
+    With ``allow_errors`` a failing cell stores its error and the next cells still run.
+    """
     from nbconvert.preprocessors import ExecutePreprocessor
 
     saved = dict(os.environ)
     os.environ.update(env)  # the kernel inherits this process's environment
     try:
-        executor = ExecutePreprocessor(timeout=timeout, kernel_name="python3", record_timing=False)
+        executor = ExecutePreprocessor(
+            timeout=timeout, kernel_name="python3", record_timing=False, allow_errors=allow_errors
+        )
         executor.preprocess(nb, {"metadata": {"path": str(cwd)}})
     finally:
         os.environ.clear()

@@ -13,6 +13,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from detutils import course
 from detutils.course import (
     CHECK_TAG,
     CODE_STUB,
@@ -78,19 +79,9 @@ def test_course_and_release_carry_valid_nbgrader_metadata(source):
 
 
 def _execute(nb, cwd: Path):
-    from nbclient import NotebookClient
-
     env = {"DETUTILS_SCHEDULE": "ci", "DETUTILS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1",
            "MPLBACKEND": "Agg"}  # fmt: skip
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        client = NotebookClient(nb, timeout=600, allow_errors=True, resources={
-            "metadata": {"path": str(cwd)}})  # fmt: skip
-        client.execute()
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    course._execute(nb, cwd, 600, env, allow_errors=True)
     return nb
 
 
