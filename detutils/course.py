@@ -174,11 +174,13 @@ def _drop_widget_state(nb) -> None:
 def stored_schedule(source: Path) -> str:
     """The schedule whose outputs a notebook stores: ``cpu`` for training notebooks.
 
-    A training notebook (``NN_<detector>_training``) shows a real CPU run to its
-    readers, and marks the cells that depend on it ``# NBVAL_IGNORE_OUTPUT``, so that
-    nbval can re-run it on the quick ``ci`` schedule; every other notebook stores ``ci``.
+    A training notebook (``NN_<detector>_training``, and ``NN_pretraining_...``) shows a
+    real CPU run to its readers, and marks the cells that depend on it
+    ``# NBVAL_IGNORE_OUTPUT``, so that nbval can re-run it on the quick ``ci`` schedule;
+    every other notebook stores ``ci``.
     """
-    return "cpu" if Path(source).stem.endswith("_training") else "ci"
+    stem = Path(source).stem
+    return "cpu" if stem.endswith("_training") or stem[3:].startswith("pretraining") else "ci"
 
 
 def refresh_notebook(

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-__all__ = ["postprocess_detections", "select_detections"]
+__all__ = ["postprocess_detections", "select_dense_detections", "select_detections"]
 
 
 def select_detections(
@@ -135,3 +135,78 @@ def postprocess_detections(
         )
         for image_boxes, image_scores in zip(boxes, scores, strict=True)
     ]
+
+
+def select_dense_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    num_per_level: list[int],
+    score_factors: Tensor | None = None,
+    score_thr: float = 0.05,
+    nms_pre: int = 1000,
+    iou_thr: float = 0.6,
+    max_det: int = 100,
+    min_size: float = 0.0,
+) -> dict[str, Tensor]:
+    """Detections of one image the way mmdet's dense heads make them (RetinaNet, ATSS).
+
+    1. on each level, the (prior, class) pairs whose class score exceeds ``score_thr``,
+       and of those the ``nms_pre`` best;
+    2. the kept scores multiplied by their prior's ``score_factors`` (ATSS, FCOS: the
+       predicted centerness), so the threshold and the top-k read the class score alone;
+    3. boxes no wider or taller than ``min_size`` dropped;
+    4. class-aware NMS at ``iou_thr``, then the ``max_det`` best.
+
+    Args:
+        boxes: (A, 4) xyxy px, priors of all levels concatenated.
+        scores: (A, C) class probabilities.
+        num_per_level: priors of each level, summing to A.
+        score_factors: (A,) in [0, 1], or None.
+        score_thr, nms_pre, iou_thr, max_det, min_size: as above (mmdet's ATSS test
+            settings are the defaults).
+
+    Returns:
+        ``{"boxes": (N, 4), "scores": (N,), "labels": (N,)}``, best first, N <= max_det.
+
+    Reference: mmdet ``BaseDenseHead._predict_by_feat_single`` and ``_bbox_post_process``,
+        ``mmdet/structures/bbox`` ``filter_scores_and_topk``.
+    """
+    if scores.dim() != 2 or boxes.shape != (scores.shape[0], 4):
+        raise ValueError(
+            f"boxes must be (A, 4) and scores (A, C), got {tuple(boxes.shape)} and "
+            f"{tuple(scores.shape)}"
+        )
+    if sum(num_per_level) != scores.shape[0]:
+        raise ValueError(f"num_per_level {list(num_per_level)} must sum to {scores.shape[0]}")
+    if score_factors is not None and score_factors.shape != scores.shape[:1]:
+        raise ValueError(f"score_factors must be ({scores.shape[0]},)")
+    if max_det < 1 or nms_pre < 1:
+        raise ValueError(f"max_det and nms_pre must be at least 1, got {max_det}, {nms_pre}")
+    kept_priors, kept_labels, kept_scores = [], [], []
+    start = 0
+    for count in num_per_level:
+        level_scores = scores[start : start + count]  # (A_l, C)
+        prior_index, labels = torch.nonzero(level_scores > score_thr, as_tuple=True)
+        values = level_scores[prior_index, labels]
+        values, order = values.sort(descending=True, stable=True)
+        order = order[:nms_pre]
+        kept_priors.append(prior_index[order] + start)
+        kept_labels.append(labels[order])
+        kept_scores.append(values[:nms_pre])
+        start += count
+    prior_index, labels = torch.cat(kept_priors), torch.cat(kept_labels)
+    candidate_scores, candidate_boxes = torch.cat(kept_scores), boxes[prior_index]
+    if score_factors is not None:
+        candidate_scores = candidate_scores * score_factors[prior_index]
+    widths = candidate_boxes[:, 2] - candidate_boxes[:, 0]
+    heights = candidate_boxes[:, 3] - candidate_boxes[:, 1]
+    valid = (widths > min_size) & (heights > min_size) & torch.isfinite(candidate_boxes).all(1)
+    candidate_boxes, candidate_scores = candidate_boxes[valid], candidate_scores[valid]
+    labels = labels[valid]
+    keep = batched_nms(candidate_boxes.float(), candidate_scores.float(), labels, iou_thr)
+    keep = keep[:max_det]
+    return {
+        "boxes": candidate_boxes[keep].float(),
+        "scores": candidate_scores[keep].float(),
+        "labels": labels[keep].long(),
+    }

@@ -118,6 +118,7 @@ def test_stored_notebook_matches_its_source_and_was_executed(source):
 def test_training_notebooks_store_a_cpu_run():
     assert stored_schedule("notebooks/13_yolov3_training.py") == "cpu"
     assert stored_schedule("notebooks/11_yolov3_targets.py") == "ci"
+    assert stored_schedule("notebooks/04_pretraining_a_backbone.py") == "cpu"
 
 
 def test_readme_course_map_lists_every_notebook():

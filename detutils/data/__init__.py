@@ -6,6 +6,7 @@
     build_transforms(...)      letterbox, flip and colour jitter on transforms.v2
     Mosaic(...), build_train_set(...)   four images in one; the training set of a schedule
     collate(batch)             stack a batch for a DataLoader
+    ObjectCrops(dataset)       every box cut out: a classification set (backbone pre-training)
 
 The names are imported on first use, so ``python -m detutils.data.shapes`` (and the
 other command-line tools here) start without loading the modules they do not need.
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # for readers and editors; at run time __getattr__ imports on demand
     from detutils.data.coco import CocoDetection, CocoFormatError, collate, find_split
+    from detutils.data.crops import ObjectCrops
     from detutils.data.mosaic import Mosaic, build_train_set
     from detutils.data.shapes import CLASS_NAMES, ensure_shapes, generate_shapes
     from detutils.data.transforms import build_transforms, undo_letterbox
@@ -32,6 +34,7 @@ _SOURCES = {
     "Mosaic": "mosaic",
     "build_train_set": "mosaic",
     "undo_letterbox": "transforms",
+    "ObjectCrops": "crops",
 }
 
 __all__ = [
@@ -39,6 +42,7 @@ __all__ = [
     "CocoDetection",
     "CocoFormatError",
     "Mosaic",
+    "ObjectCrops",
     "build_train_set",
     "build_transforms",
     "collate",

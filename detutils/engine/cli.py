@@ -139,6 +139,12 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, help="time budget: stop, then evaluate")
     parser.add_argument("--out", type=Path, help="run folder; default runs/<model name>")
     parser.add_argument("--resume", type=Path, help="continue from this checkpoint")
+    parser.add_argument(
+        "--pretrained",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="load the backbone weights the model's config names (default: yes)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     return _run(parser.prog, lambda: _train(args))
@@ -213,7 +219,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         result = train(
             model, train_set, schedule, val_set=val_set, out_dir=out_dir, resume=args.resume,
-            progress=not args.quiet, context=context,
+            progress=not args.quiet, context=context, pretrained=args.pretrained,
         )  # fmt: skip
     except NonFiniteLossError as error:
         print(f"python -m detutils.train: stopped: {error}", file=sys.stderr)

@@ -22,6 +22,7 @@ from detutils.engine.schedule import TrainSchedule
 
 __all__ = [
     "SCHEDULE_PRESETS",
+    "atss_schedules",
     "ci_schedule",
     "cpu_budget_schedule",
     "default_schedules",
@@ -197,6 +198,39 @@ def yolov8_schedules() -> dict[str, TrainSchedule]:
     }  # fmt: skip
 
 
+def atss_schedules() -> dict[str, TrainSchedule]:
+    """The ``ci``, ``cpu`` and ``gpu`` training schedules of ATSS.
+
+    ci   three steps of four 64 px images on one thread, no worker process.
+    cpu  ``atss-r18half-fpn64`` on the shapes set, from the backbone the course
+         pre-trains (notebook 04): 500 float32 steps of 16 images at 320 px, AdamW at
+         0.002, within twenty minutes of a 2-core CPU, evaluation of the 500 validation
+         images included; see ``cpu_budget_schedule``.
+    gpu  mmdet's 1x schedule (``schedule_1x.py`` with the ATSS config's lr): SGD with
+         momentum 0.9, lr 0.01 for 16 images a step, weight decay 1e-4, 12 epochs, the
+         rate divided by 10 after epochs 8 and 11, a linear warm-up over 500 steps from
+         0.001 lr, no gradient clipping, ImageNet weights for the ResNet-50
+         (``ATSSConfig.pretrained``), stem and stage 2 frozen, batch norms fixed.
+         Differences: Nesterov momentum (mmdet: plain); square 800 px letterboxed images
+         (mmdet: the shorter side 800, the longer at most 1333, kept ratio); flip and
+         colour jitter (mmdet: flip only); mixed precision (mmdet: float32).
+
+    Returns:
+        ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
+    """
+    cpu = cpu_budget_schedule(iterations=500, lr=0.002, img_size=320, channels_last=True)
+    return {
+        "ci": ci_schedule(),
+        "cpu": cpu.replace(max_minutes=18.0),
+        "gpu": TrainSchedule(
+            epochs=12, batch_size=16, img_size=800, optimizer="sgd", lr=0.01, momentum=0.9,
+            weight_decay=1e-4, warmup_iterations=500, warmup_start_factor=0.001,
+            lr_schedule="step", step_milestones=(8 / 12, 11 / 12), step_gamma=0.1,
+            grad_clip=0.0, amp=True, workers=8,
+        ),
+    }  # fmt: skip
+
+
 # Command-line name -> its schedules; kept in step with ``detutils.models.DETECTORS``
 # by a test. A detector outside the package brings its own (see ``schedules_for``).
 SCHEDULE_PRESETS: MappingProxyType[str, Callable[[], dict[str, TrainSchedule]]] = MappingProxyType(
@@ -206,6 +240,8 @@ SCHEDULE_PRESETS: MappingProxyType[str, Callable[[], dict[str, TrainSchedule]]] 
         "nanodet-m": nanodet_schedules,
         "yolov8n": yolov8_schedules,
         "yolov8s": yolov8_schedules,
+        "atss-r50": atss_schedules,
+        "atss-r18half-fpn64": atss_schedules,
     }
 )
 

@@ -14,7 +14,8 @@ its cosine at the deadline instead of stopping half way down it.
 
 The learning rate is set every iteration: a linear warm-up from
 ``warmup_start_factor * lr`` to ``lr`` over the first ``warmup_epochs`` epochs
-(counted in iterations, so a fraction of an epoch works), then a cosine decay to
+(counted in iterations, so a fraction of an epoch works; or ``warmup_iterations``
+steps, mmdet's way), then a cosine decay to
 ``final_lr_fraction * lr`` at the last iteration, or steps of ``step_gamma`` at the
 ``step_milestones`` (fractions of the whole run). With ``warmup_bias_lr`` the biases
 get a group of their own that starts the warm-up at that learning rate and falls
@@ -59,6 +60,7 @@ class TrainSchedule:
     momentum: float = 0.937  # SGD momentum, or AdamW's beta1
     weight_decay: float = 5e-4  # applied to weights only, never to norms and biases
     warmup_epochs: float = 1.0  # linear warm-up length, in epochs (may be fractional)
+    warmup_iterations: int = 0  # when > 0: the warm-up length in steps instead (mmdet: 500)
     warmup_start_factor: float = 0.01  # warm-up starts at this fraction of lr
     warmup_bias_lr: float = 0.0  # biases start the warm-up at this lr, falling to lr (YOLO: 0.1)
     lr_schedule: str = "cosine"  # "cosine" or "step", after the warm-up
@@ -102,7 +104,8 @@ class TrainSchedule:
         if not self.lr > 0:
             raise ValueError(f"schedule field lr must be positive, got {self.lr}")
         non_negative = (
-            "iterations", "weight_decay", "warmup_epochs", "warmup_bias_lr", "grad_clip", "workers"
+            "iterations", "weight_decay", "warmup_epochs", "warmup_iterations", "warmup_bias_lr",
+            "grad_clip", "workers",
         )  # fmt: skip
         for name in (*non_negative, "eval_interval"):
             if getattr(self, name) < 0:
@@ -145,6 +148,10 @@ class TrainSchedule:
             unit, total = ("step", self.iterations) if self.iterations else ("epoch", self.epochs)
             milestones = ", ".join(str(round(m * total)) for m in self.step_milestones)
             decay = f"x {self.step_gamma:g} at {unit}s {milestones}"
+        if self.warmup_iterations:
+            warmup = f"{self.warmup_iterations} steps"
+        else:
+            warmup = f"{self.warmup_epochs:g} epoch{'' if self.warmup_epochs == 1 else 's'}"
         augment = []
         if self.augment:
             augment.append("flip")
@@ -162,8 +169,7 @@ class TrainSchedule:
             "images per step": str(self.batch_size),
             "length": length,
             "image size": f"{self.img_size} px",
-            "warm-up": f"{self.warmup_epochs:g} epoch{'' if self.warmup_epochs == 1 else 's'} "
-            f"from {self.warmup_start_factor:g} lr",
+            "warm-up": f"{warmup} from {self.warmup_start_factor:g} lr",
             "decay": decay,
             "EMA of the weights": "yes" if self.ema else "no",
             "mixed precision": "yes" if self.amp else "no (float32)",
@@ -324,7 +330,7 @@ def build_lr_scheduler(
         multi-step, per iteration); ultralytics ``one_cycle`` cosine.
     """
     total = schedule.total_iterations(iterations_per_epoch)
-    warmup = round(schedule.warmup_epochs * iterations_per_epoch)
+    warmup = schedule.warmup_iterations or round(schedule.warmup_epochs * iterations_per_epoch)
 
     def factor_of(bias: bool) -> Callable[[int], float]:
         def factor(iteration: int) -> float:

@@ -50,6 +50,7 @@ from detutils.engine.ema import ModelEMA
 from detutils.engine.evaluator import evaluate
 from detutils.engine.loader import build_eval_loader, build_train_loader, set_loader_epoch
 from detutils.engine.log import EVAL_LOG, TRAIN_LOG, CsvLog, ProgressLines, bar_shows, progress_bar
+from detutils.engine.pretrain import load_pretrained
 from detutils.engine.schedule import TrainSchedule, build_lr_scheduler, build_optimizer
 
 __all__ = [
@@ -182,6 +183,7 @@ def train(
     progress: bool = True,
     context: DistributedContext | None = None,
     on_step: Callable[[int, nn.Module], None] | None = None,
+    pretrained: bool = True,
 ) -> TrainResult:
     """Train ``model`` on ``train_set`` following ``schedule``.
 
@@ -213,6 +215,10 @@ def train(
         on_step: called after every optimizer step with the number of steps done and
             the network that evaluation would use (the EMA when the schedule keeps one),
             for example to keep a copy of the weights every 100 steps.
+        pretrained: a new run (not a resumed one) first loads the backbone weights that
+            ``model.config.pretrained`` names, as mmdet's ``init_weights`` does
+            (:func:`detutils.engine.pretrain.load_pretrained`; the course's own are
+            pre-trained on first use); False starts from the model's initialisation.
 
     Returns:
         ``TrainResult``.
@@ -234,6 +240,10 @@ def train(
         write = context.is_main and out_dir is not None
         class_names = list(class_names or getattr(train_set, "class_names", []))
 
+        if pretrained and resume is None:
+            source = load_pretrained(model, verbose=context.is_main)
+            if source and context.is_main and progress:
+                print(f"backbone weights: {source}")
         seed_everything(schedule.seed + context.rank)  # ranks augment differently
         model.to(device)
         if schedule.channels_last:  # before the EMA copy and the optimizer see the weights

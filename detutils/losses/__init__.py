@@ -1,5 +1,6 @@
 """Losses of the course's detectors."""
 
+from detutils.losses.atss import atss_loss
 from detutils.losses.dfl import distribution_focal_loss
 from detutils.losses.focal import quality_focal_loss, sigmoid_focal_loss, weight_reduce_loss
 from detutils.losses.gfl import gfl_loss
@@ -8,6 +9,7 @@ from detutils.losses.yolov3 import yolov3_loss
 from detutils.losses.yolov8 import yolov8_assign, yolov8_loss
 
 __all__: list[str] = [
+    "atss_loss",
     "distribution_focal_loss",
     "gfl_loss",
     "iou_loss",

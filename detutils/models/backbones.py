@@ -20,9 +20,10 @@ Reference: torchvision ``models/shufflenetv2.py``; NanoDet
 from collections.abc import Sequence
 
 from torch import Tensor, nn
+from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.models.shufflenetv2 import ShuffleNetV2
 
-__all__ = ["SHUFFLENETV2_CHANNELS", "ShuffleNetV2Backbone"]
+__all__ = ["RESNET_STAGES", "SHUFFLENETV2_CHANNELS", "ResNetBackbone", "ShuffleNetV2Backbone"]
 
 # Output channels of the stem and of stages 2, 3, 4, per width multiplier.
 SHUFFLENETV2_CHANNELS: dict[str, tuple[int, int, int, int]] = {
@@ -94,3 +95,153 @@ class ShuffleNetV2Backbone(nn.Module):
         stage3 = self.stage3(stage2)
         stage4 = self.stage4(stage3)
         return [stage2, stage3, stage4]
+
+
+# ------------------------------------------------------------------------------- ResNet
+# Blocks per stage, and the block, of each depth (He et al., CVPR 2016, table 1).
+RESNET_STAGES: dict[int, tuple[type[nn.Module], tuple[int, int, int, int]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    34: (BasicBlock, (3, 4, 6, 3)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+}
+
+
+class ResNetBackbone(nn.Module):
+    """A torchvision ResNet without its pooling and classifier: maps of stages 2 to 5.
+
+    Stage 1 is the stem (a stride-2 7x7 conv and a 3x3 max-pool, stride 4); stages 2 to
+    5 (torchvision's ``layer1`` to ``layer4``) give maps of strides 4, 8, 16 and 32. The
+    detectors of the course read C3, C4 and C5 (strides 8, 16, 32), as mmdet's FPN does
+    with ``start_level=1``; ``out_stages`` chooses. The network is torchvision's, built
+    without weights (its own initialisation: Kaiming-normal convs, batch-norm scales 1);
+    :meth:`load_weights` loads an ImageNet or a course-trained state dict.
+
+    ``width`` scales every stage's channels (64 = torchvision's ResNet; 32 halves them,
+    a quarter of the arithmetic), for the course's CPU presets.
+
+    The reference detectors start from ImageNet weights and keep the stem and stage 2
+    frozen with the batch-norm statistics fixed (mmdet: ``frozen_stages=1``,
+    ``norm_eval=True``); ``frozen_stages`` and ``norm_eval`` do the same here.
+
+    Args:
+        depth: 18, 34, 50 or 101.
+        out_stages: which of stages 2 to 5 to return, finest first.
+        width: channels of stage 2's blocks (64 in every published ResNet).
+        frozen_stages: mmdet's count: -1 freezes nothing, 0 the stem, n >= 1 the stem
+            and the first n stages of blocks (1: stage 2, ``layer1``).
+        norm_eval: keep the batch norms in eval mode (running statistics) while
+            training.
+
+    Reference: torchvision ``models/resnet.py``; mmdet ``ResNet`` (``style="pytorch"``:
+        the stride of a bottleneck sits on its 3x3 conv, as in torchvision).
+    """
+
+    def __init__(
+        self,
+        depth: int = 50,
+        out_stages: Sequence[int] = (3, 4, 5),
+        width: int = 64,
+        frozen_stages: int = -1,
+        norm_eval: bool = False,
+    ) -> None:
+        super().__init__()
+        if depth not in RESNET_STAGES:
+            raise ValueError(f"ResNet depth must be one of {sorted(RESNET_STAGES)}, got {depth}")
+        if not out_stages or any(stage not in (2, 3, 4, 5) for stage in out_stages):
+            raise ValueError(f"out_stages must be among 2, 3, 4, 5, got {list(out_stages)}")
+        if width < 8 or width % 8:
+            raise ValueError(f"width must be a multiple of 8 (64 for ResNet), got {width}")
+        if not -1 <= frozen_stages <= 4:
+            raise ValueError(f"frozen_stages must lie in -1 .. 4, got {frozen_stages}")
+        block, repeats = RESNET_STAGES[depth]
+        self.depth, self.width = depth, width
+        self.out_stages = tuple(out_stages)
+        self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
+        network = ResNet(block, list(repeats))  # torchvision's, at width 64
+        if width != 64:  # the same network with every stage's channels scaled
+            network = _scaled_resnet(block, repeats, width)
+        self.conv1, self.bn1, self.relu, self.maxpool = (
+            network.conv1, network.bn1, network.relu, network.maxpool
+        )  # fmt: skip
+        self.layer1, self.layer2 = network.layer1, network.layer2
+        self.layer3, self.layer4 = network.layer3, network.layer4
+        channels = [width * 2**index * block.expansion for index in range(4)]  # stages 2-5
+        self.out_channels = tuple(channels[stage - 2] for stage in self.out_stages)
+        self.strides = tuple(2**stage for stage in self.out_stages)
+        self._freeze()
+
+    def _freeze(self) -> None:
+        """No gradient, and eval mode, for the stem and the first ``frozen_stages`` stages."""
+        frozen: list[nn.Module] = []
+        if self.frozen_stages >= 0:
+            frozen += [self.conv1, self.bn1]
+        frozen += [getattr(self, f"layer{index}") for index in range(1, self.frozen_stages + 1)]
+        for module in frozen:
+            module.eval()
+            for parameter in module.parameters():
+                parameter.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "ResNetBackbone":
+        """As ``nn.Module.train``, keeping frozen stages (and with ``norm_eval`` every batch
+        norm) in eval mode."""
+        super().train(mode)
+        self._freeze()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
+        return self
+
+    def load_weights(self, state_dict: dict, source: str = "state dict") -> None:
+        """Load a ResNet state dict (torchvision names; ``fc.*`` is ignored).
+
+        Raises:
+            ValueError: a missing or a misshaped weight, naming it and ``source``.
+        """
+        state_dict = {key: value for key, value in state_dict.items() if not key.startswith("fc.")}
+        own = self.state_dict()
+        missing = sorted(set(own) - set(state_dict))
+        if missing:
+            raise ValueError(f"{source}: no weights for {missing[:3]} ({len(missing)} missing)")
+        for key, value in own.items():
+            if state_dict[key].shape != value.shape:
+                raise ValueError(
+                    f"{source}: {key} has shape {tuple(state_dict[key].shape)}, this "
+                    f"ResNet-{self.depth} (width {self.width}) needs {tuple(value.shape)}"
+                )
+        self.load_state_dict({key: state_dict[key] for key in own})
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        """(B, 3, H, W) -> the maps of ``out_stages``: (B, C_s, H / 2^s, W / 2^s)."""
+        x = self.maxpool(self.relu(self.bn1(self.conv1(images))))  # stride 4
+        maps = {}
+        for stage in (2, 3, 4, 5):
+            x = getattr(self, f"layer{stage - 1}")(x)
+            maps[stage] = x
+            if stage == max(self.out_stages):
+                break
+        return [maps[stage] for stage in self.out_stages]
+
+
+def _scaled_resnet(block: type[nn.Module], repeats: Sequence[int], width: int) -> ResNet:
+    """torchvision's ``ResNet`` with stages of width, 2 width, 4 width, 8 width channels.
+
+    torchvision's constructor fixes the widths at 64 .. 512; this builds the same
+    network and replaces its stem and stages by ones made with its own
+    ``_make_layer`` at the new widths (weights initialised as torchvision does).
+    """
+    network = ResNet(block, list(repeats))
+    network.inplanes = width
+    network.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    network.bn1 = nn.BatchNorm2d(width)
+    for index, count in enumerate(repeats):
+        layer = network._make_layer(block, width * 2**index, count, stride=1 if index == 0 else 2)
+        setattr(network, f"layer{index + 1}", layer)
+    for module in network.modules():  # torchvision's initialisation
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+    return network

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PAN"]
+__all__ = ["FPN", "PAN"]
 
 
 class PAN(nn.Module):
@@ -64,3 +64,71 @@ class PAN(nn.Module):
             downsampled = F.interpolate(maps[level], scale_factor=0.5, mode="bilinear")
             maps[level + 1] = maps[level + 1] + downsampled
         return maps
+
+
+class FPN(nn.Module):
+    """Feature pyramid network: lateral 1x1 convs, a top-down pathway, 3x3 output convs.
+
+    mmdet's ``FPN`` with ``add_extra_convs="on_output"`` (RetinaNet, FCOS, ATSS):
+
+    1. a 1x1 conv (with bias, no norm, no activation) brings each input map to
+       ``out_channels``: the laterals;
+    2. top-down, from the coarsest: each lateral adds its coarser neighbour upsampled
+       to its size, nearest neighbour;
+    3. a 3x3 conv on each sum gives the outputs P3, P4, P5 (for inputs C3, C4, C5);
+    4. ``num_outs - len(in_channels)`` extra levels, each a stride-2 3x3 conv on the
+       previous output (P6 from P5, P7 from P6), with no activation between them (mmdet's
+       ``relu_before_extra_convs=False``, ATSS's setting).
+
+    Convs are initialised Xavier-uniform with zero biases, as mmdet does.
+
+    Args:
+        in_channels: channels of each input map, finest first (512, 1024, 2048 for
+            ResNet-50's C3 to C5).
+        out_channels: channels of every output map (256).
+        num_outs: output levels, at least ``len(in_channels)`` (5: P3 to P7).
+
+    Reference: mmdet ``mmdet/models/necks/fpn.py``; Lin et al., "Feature Pyramid
+        Networks for Object Detection", CVPR 2017.
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int, num_outs: int) -> None:
+        super().__init__()
+        if len(in_channels) < 1 or out_channels < 1 or num_outs < len(in_channels):
+            raise ValueError(
+                f"FPN needs input channels per level, out_channels >= 1 and num_outs >= "
+                f"{len(in_channels)}, got {list(in_channels)}, {out_channels}, {num_outs}"
+            )
+        self.in_channels, self.out_channels = tuple(in_channels), out_channels
+        self.num_outs = num_outs
+        self.lateral_convs = nn.ModuleList(
+            nn.Conv2d(channels, out_channels, kernel_size=1) for channels in in_channels
+        )
+        self.fpn_convs = nn.ModuleList(
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1) for _ in in_channels
+        )
+        self.extra_convs = nn.ModuleList(
+            nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=2, padding=1)
+            for _ in range(num_outs - len(in_channels))
+        )
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
+        """L maps (B, in_channels[l], H_l, W_l), finest first -> ``num_outs`` maps
+        (B, out_channels, H_l, W_l), the extra ones each half the size of the one before
+        (rounded up)."""
+        if len(features) != len(self.lateral_convs):
+            raise ValueError(f"FPN expects {len(self.lateral_convs)} maps, got {len(features)}")
+        laterals = [conv(x) for conv, x in zip(self.lateral_convs, features, strict=True)]
+        for level in range(len(laterals) - 1, 0, -1):
+            upsampled = F.interpolate(
+                laterals[level], size=laterals[level - 1].shape[-2:], mode="nearest"
+            )
+            laterals[level - 1] = laterals[level - 1] + upsampled
+        outputs = [conv(x) for conv, x in zip(self.fpn_convs, laterals, strict=True)]
+        for conv in self.extra_convs:
+            outputs.append(conv(outputs[-1]))
+        return outputs
