@@ -23,7 +23,7 @@ Without any positive in the batch the box and centerness terms are zero (with a
 gradient path) and the focal loss still teaches every anchor "background".
 
 mmdet keeps the three terms per level and sums them; the sums are the same numbers
-(``tests/test_atss_loss.py`` compares with values computed by mmdet 3.3).
+(``tests/test_atss_model.py`` compares with values computed by mmdet 3.3).
 
 Reference: mmdet ``mmdet/models/dense_heads/atss_head.py`` (``loss_by_feat``,
 ``loss_by_feat_single``, ``centerness_target``); Zhang et al., CVPR 2020.

@@ -403,7 +403,7 @@ class ATSS(nn.Module):
         class-aware NMS at ``iou_thr``; the ``max_det`` best. The original ATSS code
         (maskrcnn-benchmark) differs: it thresholds the class score too, but multiplies
         by the centerness before its per-level top 1000, and reports the square root of
-        the product as the score (``tests/test_atss.py`` compares with mmdet's values).
+        the product as the score (``tests/test_atss_model.py`` compares with mmdet's values).
 
         Returns:
             B dicts ``{"boxes": (N, 4) xyxy input px, "scores": (N,), "labels": (N,)}``.
