@@ -4,7 +4,11 @@ import pytest
 import torch
 from torchvision.ops import nms
 
-from detutils.postprocess import postprocess_detections, select_detections
+from detutils.postprocess import (
+    postprocess_detections,
+    select_dense_detections,
+    select_detections,
+)
 
 # Three priors, two classes. Boxes 0 and 1 are 10 x 10 squares offset by 1 px: overlap
 # 9 x 10 = 90, union 110, IoU 0.82. Box 2 is far away.
@@ -107,3 +111,23 @@ def test_non_finite_boxes_are_dropped_before_nms():
     result = select_detections(boxes, scores, score_thr=0.05, iou_thr=0.5)
     assert result["boxes"].tolist() == [[0.0, 0, 10, 10], [50, 50, 60, 60]]
     assert result["scores"].tolist() == pytest.approx([0.9, 0.8])
+
+
+def test_dense_detections_threshold_the_class_score_then_multiply():
+    # mmdet's order: per level the class score above score_thr and the nms_pre best of
+    # those, then times the score factor, then NMS
+    boxes = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 10, 10], [40, 40, 50, 50]])
+    scores = torch.tensor([[0.9], [0.04], [0.8], [0.6]])  # (A, C = 1)
+    factors = torch.tensor([0.1, 1.0, 1.0, 0.5])
+    dets = select_dense_detections(boxes, scores, [2, 2], score_factors=factors, nms_pre=1)
+    # level 1: anchor 0 (0.9) beats anchor 1, which is under the threshold anyway;
+    # level 2: anchor 2 (0.8) is the one best; times the factors: 0.09 and 0.8;
+    # anchor 0 overlaps anchor 2 fully but scores lower: suppressed
+    torch.testing.assert_close(dets["scores"], torch.tensor([0.8]))
+    dets = select_dense_detections(boxes, scores, [2, 2], score_factors=factors, nms_pre=2)
+    torch.testing.assert_close(dets["scores"], torch.tensor([0.8, 0.3]))
+    flat = torch.tensor([[0.0, 0, 0, 10]])  # no width: dropped as mmdet's min_bbox_size 0
+    empty = select_dense_detections(flat, torch.tensor([[0.9]]), [1])
+    assert empty["boxes"].shape == (0, 4)
+    with pytest.raises(ValueError, match="must sum to"):
+        select_dense_detections(boxes, scores, [1, 2])

@@ -219,3 +219,23 @@ def test_recipe_says_each_ingredient_in_words():
     assert recipe["augmentation"] == "flip, colour jitter, mosaic 1"
     assert recipe["gradient clipping"] == "none" and recipe["time guard"] == "8.75 min"
     assert TrainSchedule(augment=False).recipe()["augmentation"] == "none"
+
+
+def test_a_warmup_in_steps_replaces_the_one_in_epochs():
+    # mmdet's 1x: 500 steps from 0.001 lr, whatever the length of an epoch
+    schedule = TrainSchedule(
+        epochs=12, lr=1.0, warmup_epochs=1.0, warmup_iterations=500, warmup_start_factor=0.001,
+        lr_schedule="step", step_milestones=(8 / 12, 11 / 12),
+    )  # fmt: skip
+    optimizer = build_optimizer(nn.Linear(2, 2), schedule)
+    scheduler = build_lr_scheduler(optimizer, schedule, iterations_per_epoch=10_000)
+    rates = []
+    for _ in range(501):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(0.001) and rates[250] == pytest.approx(0.5005)
+    assert rates[500] == pytest.approx(1.0)
+    assert schedule.recipe()["warm-up"] == "500 steps from 0.001 lr"
+    with pytest.raises(ValueError, match="warmup_iterations must be >= 0"):
+        TrainSchedule(warmup_iterations=-1)
