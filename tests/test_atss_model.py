@@ -61,7 +61,8 @@ def test_output_shapes_and_initial_probability():
     # one square of 8 strides centred on each grid point (mmdet's anchors: offset 0)
     torch.testing.assert_close(anchors[0], torch.tensor([-32.0, -32.0, 32.0, 32.0]))
     torch.testing.assert_close(anchors[-1], torch.tensor([-256.0, -256.0, 768.0, 768.0]))
-    torch.testing.assert_close(model.head.atss_cls.bias, torch.full((6,), -4.59512), atol=1e-5, rtol=0)
+    prior_bias = torch.full((6,), -4.59512)
+    torch.testing.assert_close(model.head.atss_cls.bias, prior_bias, atol=1e-5, rtol=0)
 
 
 def test_head_works_on_any_pyramid():
@@ -185,14 +186,25 @@ def test_predictions_equal_mmdet():
     assert len(dets["scores"]) == 100
     torch.testing.assert_close(
         dets["scores"][:5],
-        torch.tensor([0.9321765303611755, 0.9207407236099243, 0.9206792116165161,
-                      0.919211208820343, 0.9187562465667725]),  # fmt: skip
+        torch.tensor(
+            [
+                0.9321765303611755,
+                0.9207407236099243,
+                0.9206792116165161,
+                0.919211208820343,
+                0.9187562465667725,
+            ]
+        ),  # fmt: skip
     )
     torch.testing.assert_close(
         dets["boxes"][:3],
-        torch.tensor([[180.38739013671875, 256.9002380371094, 245.4410400390625, 316.8050231933594],
-                      [320.937255859375, 341.4493713378906, 439.678466796875, 467.6130676269531],
-                      [69.00527954101562, 105.5501708984375, 512.0, 512.0]]),  # fmt: skip
+        torch.tensor(
+            [
+                [180.38739013671875, 256.9002380371094, 245.4410400390625, 316.8050231933594],
+                [320.937255859375, 341.4493713378906, 439.678466796875, 467.6130676269531],
+                [69.00527954101562, 105.5501708984375, 512.0, 512.0],
+            ]
+        ),  # fmt: skip
     )
     assert dets["labels"][:10].tolist() == [0, 1, 0, 1, 2, 0, 0, 0, 1, 1]
     torch.testing.assert_close(dets["scores"].sum().item(), 84.07408905029297, rtol=1e-6, atol=0)
@@ -228,8 +240,10 @@ def test_batched_assignment_equals_per_image_on_anchors():
         corner = torch.randint(0, 300, (count, 2), generator=generator).float()
         side = torch.randint(1, 200, (count, 2), generator=generator).float()
         targets.append(
-            {"boxes": torch.cat([corner, corner + side], 1),
-             "labels": torch.randint(0, 5, (count,), generator=generator)}  # fmt: skip
+            {
+                "boxes": torch.cat([corner, corner + side], 1),
+                "labels": torch.randint(0, 5, (count,), generator=generator),
+            }  # fmt: skip
         )
     gt_boxes, gt_labels, gt_mask = pad_ground_truth(targets)
     batched = assign_atss_batched(anchors, num_per_level, gt_boxes, gt_labels, gt_mask)
@@ -247,8 +261,11 @@ def test_degenerate_boxes_give_finite_losses_and_gradients():
     images = torch.rand(3, 3, 128, 128)
     targets = [
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},  # none
-        {"boxes": torch.tensor([[40.2, 40.1, 40.6, 40.9], [8.0, 8.0, 8.5, 8.5]]),
-         "labels": torch.tensor([0, 1])},  # smaller than a pixel, one on an anchor centre  # fmt: skip
+        # smaller than a pixel; the second one holds the anchor centre (8, 8)
+        {
+            "boxes": torch.tensor([[40.2, 40.1, 40.6, 40.9], [7.9, 7.9, 8.4, 8.4]]),
+            "labels": torch.tensor([0, 1]),
+        },  # fmt: skip
         {"boxes": torch.tensor([[-50.0, -20.0, 300.0, 200.0]]), "labels": torch.tensor([2])},
     ]
     losses = model.loss(model(images), targets)
