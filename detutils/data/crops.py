@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["ObjectCrops"]
+__all__ = ["ObjectCrops", "crop_squares"]
 
 
 class ObjectCrops(Dataset):
@@ -32,8 +32,11 @@ class ObjectCrops(Dataset):
         dataset: a ``CocoDetection`` without transforms (its ``load_image`` and
             ``load_target`` are read).
         size: side of the returned crops, px.
-        context: the crop's side is ``context`` x the box's longer side (a square
-            around the box centre, so the object keeps its aspect ratio).
+        context: the object's context: a read shows a square around the box centre
+            (the object keeps its aspect ratio) of about ``context`` x the box's longer
+            side. The square cut and stored is 1.25 times larger (``context`` x 1.25),
+            so that the random zoom can read 0.8 to 1 of it (``context`` x 1 to x 1.25);
+            without ``augment`` a read takes its centre 0.9 (``context`` x 1.125).
         background_fraction: background patches, as a fraction of the number of boxes.
         min_side: boxes whose longer side is below this many pixels are left out.
         augment: random zoom (the crop's side times 0.8 .. 1.0), shift and flip.
@@ -75,7 +78,7 @@ class ObjectCrops(Dataset):
             boxes = target["boxes"].as_subclass(Tensor)
             height, width = image.shape[1:]
             keep = (boxes[:, 2:] - boxes[:, :2]).amax(dim=1) >= min_side
-            squares = _squares(boxes[keep], context * 1.25)
+            squares = crop_squares(boxes[keep], context * 1.25)
             for square, label in zip(squares, target["labels"][keep].tolist(), strict=True):
                 crops.append(_cut(image, square, cut))
                 labels.append(label)
@@ -120,8 +123,9 @@ class ObjectCrops(Dataset):
         return f"ObjectCrops({len(self)} crops of {self.size} px, per class {counts})"
 
 
-def _squares(boxes: Tensor, scale: float) -> Tensor:
-    """(M, 4) xyxy -> (M, 4) squares around the centres, side ``scale`` x the longer side."""
+def crop_squares(boxes: Tensor, scale: float) -> Tensor:
+    """(M, 4) xyxy -> (M, 4) squares around the centres, side ``scale`` x the longer side
+    (``ObjectCrops`` cuts ``scale = context * 1.25``)."""
     centers = (boxes[:, :2] + boxes[:, 2:]) / 2
     half = (boxes[:, 2:] - boxes[:, :2]).amax(dim=1, keepdim=True) * scale / 2
     return torch.cat([centers - half, centers + half], dim=1)

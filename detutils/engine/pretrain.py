@@ -279,14 +279,15 @@ def load_pretrained(
     model: nn.Module, schedule: str | None = None, verbose: bool = True
 ) -> str | None:
     """Load the backbone weights that ``model.config.pretrained`` names (see the module
-    docstring); return where they came from, or None when it names none."""
+    docstring); return what was loaded (a name and a file name, no folder), or None when
+    it names none."""
     spec = getattr(getattr(model, "config", None), "pretrained", None)
     if not spec:
         return None
     if spec in BACKBONES:
         path = ensure_backbone(spec, schedule=schedule, verbose=verbose)
         stored = torch.load(path, map_location="cpu", weights_only=True)
-        state_dict, source = stored["state_dict"], str(path)
+        state_dict, source = stored["state_dict"], f"{spec} ({path.name})"
     elif spec.startswith("torchvision:"):
         source = spec
         state_dict = _imagenet_state_dict(spec.partition(":")[2])
@@ -294,7 +295,7 @@ def load_pretrained(
         path = Path(spec).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"pretrained={spec!r}: no such file")
-        state_dict, source = torch.load(path, map_location="cpu", weights_only=True), str(path)
+        state_dict, source = torch.load(path, map_location="cpu", weights_only=True), path.name
         state_dict = state_dict.get("state_dict", state_dict)
     model.load_backbone(state_dict, source)
     return source

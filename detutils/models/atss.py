@@ -209,7 +209,7 @@ class ATSS(nn.Module):
     ``config.pretrained`` names the backbone weights a training run starts from, as
     mmdet's ``init_cfg=dict(type="Pretrained", ...)``: building the model loads nothing
     (the network starts from its initialisation); the trainer calls
-    :meth:`load_backbone` with the file (``detutils.engine.pretrained``).
+    :meth:`load_backbone` with the file (``detutils.engine.pretrain``).
 
     Args:
         config: an :class:`ATSSConfig`.
