@@ -47,7 +47,8 @@ class ObjectCrops(Dataset):
         labels: (N,) int64 label of every crop.
 
     Raises:
-        ValueError: the set has no box to crop, or a bad argument.
+        ValueError: the set has no box to crop (background alone teaches nothing), or a
+            bad argument.
     """
 
     def __init__(
@@ -93,7 +94,7 @@ class ObjectCrops(Dataset):
                     square = torch.tensor([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
                     crops.append(_cut(image, square * 1.0, cut))
                     labels.append(background_label)
-        if not crops:
+        if not (torch.tensor(labels) != background_label).any():
             raise ValueError(f"{dataset!r} has no box of at least {min_side} px to crop")
         self.crops = torch.stack(crops)  # (N, 3, cut, cut) uint8
         self.labels = torch.tensor(labels, dtype=torch.int64)  # (N,)
