@@ -70,7 +70,10 @@ def run_course_detector(name: str, data: Path, steps: int, every: int, threads: 
     """Train one course detector for ``steps`` steps; metrics by step and timings."""
     start = time.monotonic()
     train_set, val_set = _load(data, "train"), _load(data, "val")
-    schedule = schedules_for(name)["cpu"].replace(iterations=steps, amp=False, threads=threads)
+    # the schedules of the detector's name (a factory outside the package, module:factory,
+    # may build a variant of a course detector under the course detector's name)
+    named = build_detector(name, num_classes=train_set.num_classes).name
+    schedule = schedules_for(named)["cpu"].replace(iterations=steps, amp=False, threads=threads)
     # no time guard: exactly `steps` steps (replace() leaves fields given None alone)
     schedule = dataclasses.replace(schedule, max_minutes=None, lr_by_time=False)
     schedule = schedule.replace(**parse_overrides(schedule, sets))

@@ -147,3 +147,19 @@ def test_train_evaluate_predict_from_the_command_line(data, tmp_path, capsys):
     assert "5 detections drawn to" in output
     with Image.open(picture) as drawn:
         assert drawn.format == "PNG" and drawn.size == (200, 224)  # 64 px shown at 200 px
+
+
+def test_train_says_in_one_line_when_imagenet_weights_cannot_be_had(
+    data, tmp_path, capsys, monkeypatch
+):
+    # atss-r50 names torchvision's ImageNet ResNet-50, as mmdet's config does; offline
+    # and not in torch's cache, the command says so and how to train without them
+    from torchvision.models import ResNet50_Weights
+
+    def offline(self, *args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(type(ResNet50_Weights.IMAGENET1K_V1), "get_state_dict", offline)
+    base = ["--data", str(data), "--schedule", "ci", "--out", str(tmp_path), "--quiet"]
+    status = train_main(["--model", "atss-r50"] + base)
+    one_line_error(capsys, status, "cannot load torchvision's ResNet50_Weights.IMAGENET1K_V1")

@@ -102,6 +102,54 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     )  # fmt: skip
 
 
-if __name__ == "__main__":  # launched by torchrun from the test above
+def _atss_case(images: slice):
+    """The head outputs and targets of test_atss_model's three-image case, some images."""
+    from test_atss_model import _bare, _small_case
+
+    outputs, targets = _small_case()
+    outputs = tuple([level[images] for level in maps] for maps in outputs)
+    return _bare(3), outputs, targets[images]
+
+
+def atss_rank_main(out: Path) -> None:
+    """Each rank computes the ATSS loss of its images: rank 0 images 0 and 1, rank 1 the
+    image without a box."""
+    torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank()
+    model, outputs, targets = _atss_case(slice(0, 2) if rank == 0 else slice(2, 3))
+    losses = model.loss(outputs, targets)
+    torch.save({name: value.item() for name, value in losses.items()}, out / f"atss{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_atss_loss_normalisers_are_averaged_over_processes(tmp_path):
+    # The focal and centerness terms are divided by the positives, the GIoU term by the
+    # sum of the centerness targets, each averaged over the processes (mmdet's
+    # reduce_mean): then the mean of the ranks' losses, what DDP's averaged gradients
+    # follow, is the loss of the whole batch in one process.
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={RANKS}", __file__, "atss-loss", str(tmp_path),
+    ]  # fmt: skip
+    environment = dict(os.environ, OMP_NUM_THREADS="1", CI="true")
+    completed = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=240
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"atss{rank}.pt", weights_only=True) for rank in range(RANKS)]
+    model, outputs, targets = _atss_case(slice(0, 3))
+    whole = model.loss(outputs, targets)
+    for name in ("cls", "bbox", "centerness", "loss"):
+        mean = sum(rank[name] for rank in ranks) / RANKS
+        assert mean == pytest.approx(whole[name].item(), rel=1e-5), name
+    alone = _atss_case(slice(0, 2))
+    assert ranks[0]["cls"] != pytest.approx(alone[0].loss(*alone[1:])["cls"].item(), rel=1e-3)
+
+
+if __name__ == "__main__":  # launched by torchrun from the tests above
     torch.set_num_threads(1)
-    rank_main(Path(sys.argv[1]), Path(sys.argv[2]))
+    if sys.argv[1] == "atss-loss":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        atss_rank_main(Path(sys.argv[2]))
+    else:
+        rank_main(Path(sys.argv[1]), Path(sys.argv[2]))

@@ -216,6 +216,8 @@ def _train(args: argparse.Namespace) -> int:
         print(f"device: {context.device}{processes}")
         origin = f"from {args.resume}" if checkpoint is not None else schedule_name
         print(f"schedule ({origin}): {schedule}")
+    from detutils.engine.pretrain import PretrainedWeightsError
+
     try:
         result = train(
             model, train_set, schedule, val_set=val_set, out_dir=out_dir, resume=args.resume,
@@ -224,6 +226,8 @@ def _train(args: argparse.Namespace) -> int:
     except NonFiniteLossError as error:
         print(f"python -m detutils.train: stopped: {error}", file=sys.stderr)
         return 1
+    except PretrainedWeightsError as error:
+        raise UsageError(str(error)) from None
     if context.is_main:
         metrics = "  ".join(f"{name} {value:.4f}" for name, value in result.metrics.items())
         stop = " (time budget spent)" if result.out_of_time else ""

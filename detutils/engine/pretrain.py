@@ -45,6 +45,7 @@ from detutils.models.backbones import ResNetBackbone
 __all__ = [
     "BACKBONES",
     "BackboneClassifier",
+    "PretrainedWeightsError",
     "PretrainRecipe",
     "backbone_path",
     "ensure_backbone",
@@ -54,6 +55,10 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # the detectors normalise with these; so does this
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class PretrainedWeightsError(RuntimeError):
+    """The backbone weights a config names cannot be had (offline, not in the cache)."""
 
 
 @dataclass(frozen=True)
@@ -268,10 +273,10 @@ def _imagenet_state_dict(spec: str) -> dict:
     try:
         return weights.get_state_dict(progress=False)
     except Exception as error:  # offline and not in torch's cache
-        raise RuntimeError(
+        raise PretrainedWeightsError(
             f"cannot load torchvision's {spec} ({type(error).__name__}: {error}). Put the "
             f"file {Path(weights.url).name} in $TORCH_HOME/hub/checkpoints, or train "
-            "without it: train(..., pretrained=False)"
+            "without it: train(..., pretrained=False), or --no-pretrained"
         ) from None
 
 
