@@ -1,7 +1,7 @@
 """The course's ATSS beside torchvision's FCOS: AP50 after a number of steps, step time.
 
     python benchmarks/atss_peer.py [--steps 500] [--every 100] [--data data/shapes]
-        [--out runs/atss-peer] [--threads 2] [--peer-only | --course-only]
+        [--out runs/atss-peer] [--threads 2] [--seed 0] [--peer-only | --course-only]
 
 The peer is the closest detector torchvision ships: FCOS (one location per prior, focal
 loss, GIoU, a centerness branch; Tian et al., 2019), built from the same parts as the
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", type=Path, default=Path("data/shapes"))
     parser.add_argument("--out", type=Path, default=Path("runs/atss-peer"))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="of weights, sampler, augmentation")
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--peer-only", action="store_true")
     which.add_argument("--course-only", action="store_true")
@@ -145,7 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     num_classes = _load(data, "val").num_classes
     schedule = schedules_for(COURSE)["cpu"].replace(iterations=args.steps, threads=args.threads)
-    schedule = dataclasses.replace(schedule, max_minutes=None, lr_by_time=False, amp=False)
+    schedule = dataclasses.replace(
+        schedule, max_minutes=None, lr_by_time=False, amp=False, seed=args.seed
+    )
 
     results = {}
     if not args.peer_only:
