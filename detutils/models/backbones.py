@@ -13,8 +13,13 @@ NanoDet initialises them when no pretrained weights are loaded: conv weights nor
 with standard deviation 1 / (input channels per group), batch-norm scales 1 and shifts
 0.0001.
 
-Reference: torchvision ``models/shufflenetv2.py``; NanoDet
-``nanodet/model/backbone/shufflenetv2.py``.
+ResNet (He et al., CVPR 2016), the backbone of ATSS and the later detectors, is
+torchvision's ``ResNet`` without its pooling and classifier (``ResNetBackbone``), at any
+depth, optionally at a reduced width (the course's CPU presets), with mmdet's frozen
+stages and fixed batch norms where the references use them.
+
+Reference: torchvision ``models/shufflenetv2.py`` and ``models/resnet.py``; NanoDet
+``nanodet/model/backbone/shufflenetv2.py``; mmdet ``mmdet/models/backbones/resnet.py``.
 """
 
 from collections.abc import Sequence

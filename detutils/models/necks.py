@@ -1,5 +1,9 @@
 """Necks: mix the backbone's feature maps across levels before the heads read them.
 
+Two necks: ``PAN`` (NanoDet, below) and ``FPN`` (ATSS and the later detectors: lateral
+1x1 convs, a top-down pathway, 3x3 output convs and extra stride-2 levels; see its
+docstring).
+
 NanoDet's PAN (path aggregation network, Liu et al., CVPR 2018) in its lightest form:
 
 1. a 1x1 conv per level (with bias, no norm, no activation) brings every map to the
