@@ -84,13 +84,18 @@ def select_detections(
     if candidate_scores.numel() > max_candidates:
         candidate_scores, top = candidate_scores.topk(max_candidates)
         candidate_boxes, labels = candidate_boxes[top], labels[top]
-    # 3. class-aware NMS; its result is sorted by decreasing score
-    keep = batched_nms(candidate_boxes.float(), candidate_scores.float(), labels, iou_thr)
-    # 4. the best max_det survivors
-    keep = keep[:max_det]
+    # 3. class-aware NMS, 4. the best max_det survivors
+    return _nms_best(candidate_boxes, candidate_scores, labels, iou_thr, max_det)
+
+
+def _nms_best(
+    boxes: Tensor, scores: Tensor, labels: Tensor, iou_thr: float, max_det: int
+) -> dict[str, Tensor]:
+    """Class-aware NMS (its result sorted by decreasing score), then the best ``max_det``."""
+    keep = batched_nms(boxes.float(), scores.float(), labels, iou_thr)[:max_det]
     return {
-        "boxes": candidate_boxes[keep].float(),
-        "scores": candidate_scores[keep].float(),
+        "boxes": boxes[keep].float(),
+        "scores": scores[keep].float(),
         "labels": labels[keep].long(),
     }
 
@@ -203,10 +208,4 @@ def select_dense_detections(
     valid = (widths > min_size) & (heights > min_size) & torch.isfinite(candidate_boxes).all(1)
     candidate_boxes, candidate_scores = candidate_boxes[valid], candidate_scores[valid]
     labels = labels[valid]
-    keep = batched_nms(candidate_boxes.float(), candidate_scores.float(), labels, iou_thr)
-    keep = keep[:max_det]
-    return {
-        "boxes": candidate_boxes[keep].float(),
-        "scores": candidate_scores[keep].float(),
-        "labels": labels[keep].long(),
-    }
+    return _nms_best(candidate_boxes, candidate_scores, labels, iou_thr, max_det)

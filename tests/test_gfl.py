@@ -292,9 +292,11 @@ def test_normalisers_are_averaged_over_processes(monkeypatch):
     # Under DDP both normalisers (positives, sum of weights) are means over the
     # processes. Pretend the other processes make both means 10: every term is then
     # this process's sum divided by 10.
-    import detutils.losses.gfl as gfl_module
+    import detutils.losses.focal as focal_module  # the positives' normaliser
+    import detutils.losses.gfl as gfl_module  # the weights' normaliser
 
-    monkeypatch.setattr(gfl_module, "all_reduce_mean", lambda value: torch.full_like(value, 10.0))
+    for module in (focal_module, gfl_module):
+        monkeypatch.setattr(module, "all_reduce_mean", lambda value: torch.full_like(value, 10.0))
     cells, _ = grid_cells([(2, 2)], [8])
     assignment = _assignment([[0, -1, -1, -1]], [[1, -1, -1, -1]])
     gt_boxes = torch.tensor([[[0.0, 0.0, 16.0, 16.0]]])

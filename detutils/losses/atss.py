@@ -36,7 +36,7 @@ from torch import Tensor
 from detutils.assigners.result import IGNORE, AssignResult
 from detutils.coders import decode_delta_xywh
 from detutils.distributed import all_reduce_mean
-from detutils.losses.focal import sigmoid_focal_loss
+from detutils.losses.focal import positives_normaliser, sigmoid_focal_loss
 from detutils.losses.iou import iou_loss
 from detutils.trace import record
 
@@ -146,8 +146,7 @@ def atss_loss(
 
         # 1. The normaliser: positives, each image counting at least 1 (an image without
         # boxes adds 1), averaged over processes.
-        num_positive = positive.sum(dim=1).clamp(min=1).sum().float()
-        num_positive = all_reduce_mean(num_positive).clamp(min=1.0)
+        num_positive = positives_normaliser(positive)
 
         # 2. Focal loss over every anchor and class; IGNORE anchors weigh 0.
         labels = assignment.labels.clamp(min=0)  # a valid index; masked by `positive`

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["quality_focal_loss", "sigmoid_focal_loss", "weight_reduce_loss"]
+from detutils.distributed import all_reduce_mean
+
+__all__ = ["positives_normaliser", "quality_focal_loss", "sigmoid_focal_loss", "weight_reduce_loss"]
 
 REDUCTIONS = ("none", "mean", "sum")
 
@@ -74,6 +76,23 @@ def weight_reduce_loss(
     if reduction == "sum":
         return loss.sum()
     return loss.mean() if avg_factor is None else loss.sum() / avg_factor
+
+
+def positives_normaliser(positive: Tensor) -> Tensor:
+    """The divisor of a dense detector's focal loss: the positives of the batch, each
+    image counting at least 1, averaged over processes under DDP, at least 1.
+
+    Args:
+        positive: (B, A) bool, the positive priors of each image.
+
+    Returns:
+        a float scalar.
+
+    Reference: mmdet's sampling results (``avg_factor = max(num_pos, 1)`` per image) and
+        ``reduce_mean``; NanoDet ``GFLHead.loss`` (the same count).
+    """
+    num_positive = positive.sum(dim=1).clamp(min=1).sum().float()
+    return all_reduce_mean(num_positive).clamp(min=1.0)
 
 
 def sigmoid_focal_loss(

@@ -42,7 +42,7 @@ from detutils.boxes import box_iou_aligned
 from detutils.coders import decode_distance, dfl_distances, encode_distance
 from detutils.distributed import all_reduce_mean
 from detutils.losses.dfl import distribution_focal_loss
-from detutils.losses.focal import quality_focal_loss
+from detutils.losses.focal import positives_normaliser, quality_focal_loss
 from detutils.losses.iou import iou_loss
 from detutils.trace import record
 
@@ -163,8 +163,7 @@ def _gfl_loss(
     positive = assignment.gt_index >= 0  # (B, A)
 
     # 1. Normaliser of the classification loss: positives, at least 1 per image.
-    num_positive = positive.sum(dim=1).clamp(min=1).sum().float()
-    num_positive = all_reduce_mean(num_positive).clamp(min=1.0)
+    num_positive = positives_normaliser(positive)
 
     # 2. Positives: centres and target boxes in grid units, predicted boxes, weights.
     image_index, prior_index = positive.nonzero(as_tuple=True)  # (P,), (P,)
