@@ -291,8 +291,11 @@ class ATSS(nn.Module):
             scales_per_octave=config.scales_per_octave,
             device=device,
         )
-        num_per_level = [h * w * config.num_anchors for h, w in feature_sizes]
-        return anchors, num_per_level
+        return anchors, self.num_per_level(feature_sizes)
+
+    def num_per_level(self, feature_sizes: list[tuple[int, int]]) -> list[int]:
+        """Anchors of each level: H W K."""
+        return [height * width * self.config.num_anchors for height, width in feature_sizes]
 
     def flatten(self, outputs: ATSSOutputs) -> tuple[Tensor, Tensor, Tensor]:
         """Per-level maps -> class logits (B, A, C), deltas (B, A, 4), centerness (B, A):
@@ -409,7 +412,7 @@ class ATSS(nn.Module):
             B dicts ``{"boxes": (N, 4) xyxy input px, "scores": (N,), "labels": (N,)}``.
         """
         boxes, scores, centerness = self.decode(outputs)
-        _, num_per_level = self.anchors(self._check_outputs(outputs), boxes.device)
+        num_per_level = self.num_per_level(self._check_outputs(outputs))
         return [
             select_dense_detections(
                 image_boxes,
