@@ -17,7 +17,12 @@ import torch
 from torch import Tensor
 from torchvision.ops import batched_nms
 
-__all__ = ["postprocess_detections", "select_dense_detections", "select_detections"]
+__all__ = [
+    "postprocess_detections",
+    "select_dense_detections",
+    "select_detections",
+    "select_proposals",
+]
 
 
 def select_detections(
@@ -209,3 +214,46 @@ def select_dense_detections(
     candidate_boxes, candidate_scores = candidate_boxes[valid], candidate_scores[valid]
     labels = labels[valid]
     return _nms_best(candidate_boxes, candidate_scores, labels, iou_thr, max_det)
+
+
+def select_proposals(
+    boxes: Tensor,
+    scores: Tensor,
+    level_ids: Tensor,
+    iou_thr: float = 0.7,
+    max_num: int = 1000,
+    min_size: float = 0.0,
+) -> tuple[Tensor, Tensor]:
+    """The proposals of one image from an RPN's best boxes, the way mmdet keeps them.
+
+    1. boxes no wider or taller than ``min_size`` (0: boxes of zero width or height,
+       which clipping makes of anchors outside the image) are dropped, as are boxes
+       with a non-finite coordinate;
+    2. NMS at ``iou_thr`` among the boxes of each level, ``level_ids`` acting as the
+       class (mmdet's and torchvision's ``batched_nms`` with the level ids): a box of P2
+       does not suppress one of P3;
+    3. the ``max_num`` best survivors of all levels, best first.
+
+    Args:
+        boxes: (P, 4) xyxy px, decoded and clipped: the per-level top-k of the caller.
+        scores: (P,) objectness probabilities.
+        level_ids: (P,) long, the level of each box.
+        iou_thr, max_num, min_size: as above (mmdet's Faster R-CNN: 0.7, 1000, 0).
+
+    Returns:
+        ``(proposals (N, 4), scores (N,))``, best first, N <= max_num.
+
+    Reference: mmdet ``RPNHead._bbox_post_process``; torchvision
+        ``RegionProposalNetwork.filter_proposals``.
+    """
+    if boxes.dim() != 2 or boxes.shape[-1] != 4:
+        raise ValueError(f"boxes must be (P, 4), got {tuple(boxes.shape)}")
+    if scores.shape != boxes.shape[:1] or level_ids.shape != boxes.shape[:1]:
+        raise ValueError("scores and level_ids must be (P,), one per box")
+    if max_num < 1:
+        raise ValueError(f"max_num must be at least 1, got {max_num}")
+    widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    valid = (widths > min_size) & (heights > min_size) & torch.isfinite(boxes).all(dim=1)
+    boxes, scores, level_ids = boxes[valid], scores[valid], level_ids[valid]
+    keep = batched_nms(boxes.float(), scores.float(), level_ids, iou_thr)[:max_num]
+    return boxes[keep], scores[keep]

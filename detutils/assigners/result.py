@@ -24,7 +24,7 @@ class AssignResult(NamedTuple):
         when it learns "no object"; ``IGNORE`` (-2) when it takes part in no loss.
     labels: long, the class of that box, 0 .. C-1; ``BACKGROUND`` / ``IGNORE`` as above.
     iou: float, the IoU between the prior and that box; 0 for background and ignored
-        priors (mmdet stores -1e8 there for ATSS, 0 for MaxIoU).
+        priors (mmdet stores -1e8 there for ATSS, and every prior's best IoU for MaxIoU).
     """
 
     gt_index: Tensor

@@ -23,6 +23,7 @@ from detutils.engine.schedule import TrainSchedule
 __all__ = [
     "SCHEDULE_PRESETS",
     "atss_schedules",
+    "faster_rcnn_schedules",
     "ci_schedule",
     "cpu_budget_schedule",
     "default_schedules",
@@ -231,6 +232,32 @@ def atss_schedules() -> dict[str, TrainSchedule]:
     }  # fmt: skip
 
 
+def faster_rcnn_schedules() -> dict[str, TrainSchedule]:
+    """The ``ci``, ``cpu`` and ``gpu`` training schedules of Faster R-CNN.
+
+    ci   three steps of four 64 px images on one thread, no worker process.
+    cpu  ``faster-rcnn-r18half-fpn64`` on the shapes set, from the backbone the course
+         pre-trains (notebook 04): 500 float32 steps of 16 images at 320 px, AdamW at
+         0.002, within twenty minutes of a 2-core CPU, evaluation of the 500 validation
+         images included (as ATSS's; see ``cpu_budget_schedule``).
+    gpu  mmdet's 1x schedule (``schedule_1x.py``): SGD with momentum 0.9, lr 0.02 for
+         16 images a step, weight decay 1e-4, 12 epochs, the rate divided by 10 after
+         epochs 8 and 11, a linear warm-up over 500 steps from 0.001 lr, no gradient
+         clipping, ImageNet weights for the ResNet-50 (``FasterRCNNConfig.pretrained``),
+         stem and stage 2 frozen, batch norms fixed. Differences, as for ATSS: Nesterov
+         momentum (mmdet: plain); square 800 px letterboxed images (mmdet: the shorter
+         side 800, the longer at most 1333); flip and colour jitter (mmdet: flip only);
+         mixed precision for the backbone, FPN and RPN (mmdet: float32; the RoI head
+         runs in float32 in the loss).
+
+    Returns:
+        ``{"ci": TrainSchedule, "cpu": ..., "gpu": ...}``, a new dict on each call.
+    """
+    cpu = cpu_budget_schedule(iterations=500, lr=0.002, img_size=320, channels_last=True)
+    gpu = atss_schedules()["gpu"].replace(lr=0.02)
+    return {"ci": ci_schedule(), "cpu": cpu.replace(max_minutes=18.0), "gpu": gpu}
+
+
 # Command-line name -> its schedules; kept in step with ``detutils.models.DETECTORS``
 # by a test. A detector outside the package brings its own (see ``schedules_for``).
 SCHEDULE_PRESETS: MappingProxyType[str, Callable[[], dict[str, TrainSchedule]]] = MappingProxyType(
@@ -242,6 +269,8 @@ SCHEDULE_PRESETS: MappingProxyType[str, Callable[[], dict[str, TrainSchedule]]] 
         "yolov8s": yolov8_schedules,
         "atss-r50": atss_schedules,
         "atss-r18half-fpn64": atss_schedules,
+        "faster-rcnn-r50": faster_rcnn_schedules,
+        "faster-rcnn-r18half-fpn64": faster_rcnn_schedules,
     }
 )
 

@@ -144,6 +144,8 @@ def to_float32(outputs: Any) -> Any:
         return outputs.float() if outputs.is_floating_point() else outputs
     if isinstance(outputs, dict):
         return {key: to_float32(value) for key, value in outputs.items()}
+    if isinstance(outputs, tuple) and hasattr(outputs, "_fields"):  # a named tuple
+        return type(outputs)(*(to_float32(value) for value in outputs))
     if isinstance(outputs, (list, tuple)):
         return type(outputs)(to_float32(value) for value in outputs)
     return outputs

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from torch import nn
 
 from detutils.models.atss import build_atss_r18half_fpn64, build_atss_r50
+from detutils.models.faster_rcnn import build_faster_rcnn_r18half_fpn64, build_faster_rcnn_r50
 from detutils.models.nanodet import build_nanodet_m
 from detutils.models.yolov3 import build_yolov3, build_yolov3_tiny
 from detutils.models.yolov8 import build_yolov8n, build_yolov8s
@@ -42,6 +43,8 @@ DETECTORS: dict[str, Callable[[int], nn.Module]] = {
     "yolov8s": build_yolov8s,
     "atss-r50": build_atss_r50,
     "atss-r18half-fpn64": build_atss_r18half_fpn64,
+    "faster-rcnn-r50": build_faster_rcnn_r50,
+    "faster-rcnn-r18half-fpn64": build_faster_rcnn_r18half_fpn64,
 }
 
 

@@ -82,7 +82,9 @@ class FPN(nn.Module):
     3. a 3x3 conv on each sum gives the outputs P3, P4, P5 (for inputs C3, C4, C5);
     4. ``num_outs - len(in_channels)`` extra levels, each a stride-2 3x3 conv on the
        previous output (P6 from P5, P7 from P6), with no activation between them (mmdet's
-       ``relu_before_extra_convs=False``, ATSS's setting).
+       ``relu_before_extra_convs=False``, ATSS's setting); or, with ``extra="maxpool"``
+       (mmdet's ``add_extra_convs=False``, Faster R-CNN's P6), a max-pool of kernel 1
+       and stride 2 of the previous output: every other pixel, no weights.
 
     Convs are initialised Xavier-uniform with zero biases, as mmdet does.
 
@@ -91,20 +93,25 @@ class FPN(nn.Module):
             ResNet-50's C3 to C5).
         out_channels: channels of every output map (256).
         num_outs: output levels, at least ``len(in_channels)`` (5: P3 to P7).
+        extra: how the extra levels are made, ``"conv"`` or ``"maxpool"``.
 
     Reference: mmdet ``mmdet/models/necks/fpn.py``; Lin et al., "Feature Pyramid
         Networks for Object Detection", CVPR 2017.
     """
 
-    def __init__(self, in_channels: Sequence[int], out_channels: int, num_outs: int) -> None:
+    def __init__(
+        self, in_channels: Sequence[int], out_channels: int, num_outs: int, extra: str = "conv"
+    ) -> None:
         super().__init__()
+        if extra not in ("conv", "maxpool"):
+            raise ValueError(f"extra must be 'conv' or 'maxpool', got {extra!r}")
         if len(in_channels) < 1 or out_channels < 1 or num_outs < len(in_channels):
             raise ValueError(
                 f"FPN needs input channels per level, out_channels >= 1 and num_outs >= "
                 f"{len(in_channels)}, got {list(in_channels)}, {out_channels}, {num_outs}"
             )
         self.in_channels, self.out_channels = tuple(in_channels), out_channels
-        self.num_outs = num_outs
+        self.num_outs, self.extra = num_outs, extra
         self.lateral_convs = nn.ModuleList(
             nn.Conv2d(channels, out_channels, kernel_size=1) for channels in in_channels
         )
@@ -113,7 +120,7 @@ class FPN(nn.Module):
         )
         self.extra_convs = nn.ModuleList(
             nn.Conv2d(out_channels, out_channels, kernel_size=3, stride=2, padding=1)
-            for _ in range(num_outs - len(in_channels))
+            for _ in range(num_outs - len(in_channels) if extra == "conv" else 0)
         )
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
@@ -135,4 +142,6 @@ class FPN(nn.Module):
         outputs = [conv(x) for conv, x in zip(self.fpn_convs, laterals, strict=True)]
         for conv in self.extra_convs:
             outputs.append(conv(outputs[-1]))
+        while self.extra == "maxpool" and len(outputs) < self.num_outs:
+            outputs.append(F.max_pool2d(outputs[-1], kernel_size=1, stride=2))
         return outputs
