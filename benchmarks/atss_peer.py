@@ -27,6 +27,7 @@ import dataclasses
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -127,12 +128,20 @@ def run(model: nn.Module, schedule, data: Path, every: int, pretrained: bool) ->
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def compare(
+    argv: list[str] | None,
+    course: str,
+    build_peer: Callable[[int], TorchvisionPeer],
+    description: str,
+    out: str,
+) -> int:
+    """The command line of a side-by-side benchmark: the course's ``course`` preset and
+    the peer that ``build_peer(num_classes)`` makes, on the course's ``cpu`` schedule."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--data", type=Path, default=Path("data/shapes"))
-    parser.add_argument("--out", type=Path, default=Path("runs/atss-peer"))
+    parser.add_argument("--out", type=Path, default=Path(out))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0, help="of weights, sampler, augmentation")
     which = parser.add_mutually_exclusive_group()
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     data = args.data if (args.data / "annotations").is_dir() else ensure_shapes(args.data)
     torch.set_num_threads(args.threads)
     num_classes = _load(data, "val").num_classes
-    schedule = schedules_for(COURSE)["cpu"].replace(iterations=args.steps, threads=args.threads)
+    schedule = schedules_for(course)["cpu"].replace(iterations=args.steps, threads=args.threads)
     schedule = dataclasses.replace(
         schedule, max_minutes=None, lr_by_time=False, amp=False, seed=args.seed
     )
@@ -153,20 +162,22 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     if not args.peer_only:
         seed_everything(schedule.seed)
-        results[COURSE] = run(
-            build_detector(COURSE, num_classes=num_classes), schedule, data, args.every, True
+        results[course] = run(
+            build_detector(course, num_classes=num_classes), schedule, data, args.every, True
         )
+    peer_name = None
     if not args.course_only:
         seed_everything(schedule.seed)
-        peer = build_fcos_peer(num_classes)
-        results[peer.name] = run(peer, schedule, data, args.every, False)
+        peer = build_peer(num_classes)
+        peer_name = peer.name
+        results[peer_name] = run(peer, schedule, data, args.every, False)
 
     rows = [
         {"detector": name, "step": step} | metrics
         for name, result in results.items()
         for step, metrics in result["metrics"].items()
     ]
-    pd.DataFrame(rows).to_csv(args.out / "atss_peer.csv", index=False)
+    pd.DataFrame(rows).to_csv(args.out / f"{Path(out).name.replace('-', '_')}.csv", index=False)
     table = pd.DataFrame(
         {
             name: {f"AP50 @{step}": m["AP50"] for step, m in result["metrics"].items()}
@@ -177,12 +188,16 @@ def main(argv: list[str] | None = None) -> int:
     ).T
     print(table.to_string(float_format="{:.3f}".format))
     if len(results) == 2:
-        ours, theirs = results[COURSE], results["torchvision-fcos"]
-        print(f"step time, course ATSS / torchvision FCOS: "
+        ours, theirs = results[course], results[peer_name]
+        print(f"step time, {course} / {peer_name}: "
               f"{ours['s_per_step'] / theirs['s_per_step']:.2f}")  # fmt: skip
         gap = ours["metrics"][args.steps]["AP50"] - theirs["metrics"][args.steps]["AP50"]
-        print(f"AP50 after {args.steps} steps, course minus torchvision: {gap:+.3f}")
+        print(f"AP50 after {args.steps} steps, course minus {peer_name}: {gap:+.3f}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return compare(argv, COURSE, build_fcos_peer, __doc__.split("\n")[0], "runs/atss-peer")
 
 
 if __name__ == "__main__":
