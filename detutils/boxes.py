@@ -47,6 +47,7 @@ __all__ = [
     "box_area",
     "box_iou",
     "box_iou_aligned",
+    "box_recall",
     "clip_boxes",
     "cxcywh_norm_to_xyxy",
     "cxcywh_to_xyxy",
@@ -293,3 +294,37 @@ def box_iou_aligned(boxes1: Tensor, boxes2: Tensor, kind: str = "iou", eps: floa
             f"and {tuple(boxes2.shape)}"
         )
     return _iou_family(boxes1, boxes2, kind, eps)
+
+
+def box_recall(
+    proposals: list[Tensor],
+    gt_boxes: list[Tensor],
+    iou_thrs: tuple[float, ...] = (0.5, 0.7),
+    max_proposals: int | None = None,
+) -> dict[float, float]:
+    """The recall of region proposals: the share of ground-truth boxes that at least one
+    proposal overlaps by ``iou_thr`` or more, over a set of images.
+
+    Args:
+        proposals: per image (P_i, 4) xyxy px, best first.
+        gt_boxes: per image (M_i, 4) xyxy px.
+        iou_thrs: the IoU thresholds to measure at.
+        max_proposals: count only each image's first proposals, or None for all.
+
+    Returns:
+        ``{iou_thr: recall}`` in [0, 1]; 0 when there is no box at all.
+
+    Reference: mmdet ``eval_recalls`` (``mmdet/evaluation/functional/recall.py``), the
+        proposal recall of the RPN's evaluation.
+    """
+    if len(proposals) != len(gt_boxes):
+        raise ValueError(f"{len(proposals)} proposal sets for {len(gt_boxes)} images")
+    found = torch.zeros(len(iou_thrs))
+    total = 0
+    for image_proposals, boxes in zip(proposals, gt_boxes, strict=True):
+        total += len(boxes)
+        if len(boxes) == 0 or len(image_proposals) == 0:
+            continue
+        best = box_iou(boxes.float(), image_proposals[:max_proposals].float()).max(dim=1).values
+        found += torch.stack([(best >= thr).sum() for thr in iou_thrs]).float().cpu()
+    return {thr: float(count) / max(total, 1) for thr, count in zip(iou_thrs, found, strict=True)}

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from detutils.assigners import BACKGROUND
+from detutils.boxes import box_recall
 from detutils.losses.faster_rcnn import roi_loss, rpn_loss
 from detutils.models import build_detector
 from detutils.models.faster_rcnn import (
@@ -363,3 +364,14 @@ def test_bad_arguments_name_the_culprit():
         roi_loss(
             cls_logits, deltas, torch.rand(4, 4), torch.tensor([0, 3, -1, 1]), torch.rand(4, 4)
         )
+
+
+def test_proposal_recall():
+    gt = [torch.tensor([[0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]]), torch.zeros(0, 4)]
+    proposals = [torch.tensor([[0.0, 0.0, 10.0, 12.0], [21.0, 21.0, 31.0, 31.0]]), torch.rand(3, 4)]
+    # IoUs 0.833 and 0.681: both found at 0.5, one at 0.7; with one proposal, one at 0.5
+    assert box_recall(proposals, gt) == {0.5: 1.0, 0.7: 0.5}
+    assert box_recall(proposals, gt, max_proposals=1) == {0.5: 0.5, 0.7: 0.5}
+    assert box_recall([torch.zeros(0, 4)], [torch.zeros(0, 4)]) == {0.5: 0.0, 0.7: 0.0}
+    with pytest.raises(ValueError, match="1 proposal sets for 2 images"):
+        box_recall(proposals[:1], gt)
