@@ -146,10 +146,63 @@ def test_atss_loss_normalisers_are_averaged_over_processes(tmp_path):
     assert ranks[0]["cls"] != pytest.approx(alone[0].loss(*alone[1:])["cls"].item(), rel=1e-3)
 
 
+def _faster_rcnn_grads(rank: int, distributed: bool) -> dict[str, torch.Tensor]:
+    """The gradients of a small Faster R-CNN after one loss on rank ``rank``'s images."""
+    from test_faster_rcnn_model import _model
+
+    torch.manual_seed(0)
+    model = _model(rpn_num=64, roi_num=16).train()
+    network = torch.nn.parallel.DistributedDataParallel(model) if distributed else model
+    generator = torch.Generator().manual_seed(rank)
+    images = torch.rand(2, 3, 64, 64, generator=generator)
+    corners = torch.rand(2, 2, 2, generator=generator) * 30
+    targets = [
+        {"boxes": torch.cat([c, c + 20 + 10 * rank], dim=1), "labels": torch.tensor([0, 2])}
+        for c in corners
+    ]
+    torch.manual_seed(100 + rank)  # the samplers' draws
+    losses = model.loss(network(images), targets)  # the RoI head runs outside forward
+    losses["loss"].backward()
+    names = ("backbone.conv1.weight", "rpn_head.rpn_conv.weight", "roi_head.box_head.fc_cls.weight")
+    parameters = dict(model.named_parameters())
+    return {name: parameters[name].grad.clone() for name in names}
+
+
+def faster_rcnn_rank_main(out: Path) -> None:
+    torch.distributed.init_process_group("gloo")
+    rank = torch.distributed.get_rank()
+    torch.save(_faster_rcnn_grads(rank, distributed=True), out / f"frcnn{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_faster_rcnn_gradients_are_averaged_over_processes(tmp_path):
+    # Faster R-CNN runs its RoI head in the loss, after DDP's forward: DDP must still
+    # average those gradients, as it does the backbone's.
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={RANKS}", __file__, "faster-rcnn", str(tmp_path),
+    ]  # fmt: skip
+    environment = dict(os.environ, OMP_NUM_THREADS="1", CI="true")
+    completed = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=240
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    ranks = [torch.load(tmp_path / f"frcnn{rank}.pt", weights_only=True) for rank in range(RANKS)]
+    alone = [_faster_rcnn_grads(rank, distributed=False) for rank in range(RANKS)]
+    for name, grad in ranks[0].items():
+        assert grad.abs().sum() > 0, name
+        torch.testing.assert_close(ranks[1][name], grad, msg=name)
+        mean = (alone[0][name] + alone[1][name]) / 2
+        torch.testing.assert_close(grad, mean, rtol=1e-4, atol=1e-6, msg=name)
+
+
 if __name__ == "__main__":  # launched by torchrun from the tests above
     torch.set_num_threads(1)
     if sys.argv[1] == "atss-loss":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         atss_rank_main(Path(sys.argv[2]))
+    elif sys.argv[1] == "faster-rcnn":
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        faster_rcnn_rank_main(Path(sys.argv[2]))
     else:
         rank_main(Path(sys.argv[1]), Path(sys.argv[2]))
