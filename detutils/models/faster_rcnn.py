@@ -213,7 +213,8 @@ class RoIExtractor(nn.Module):
     A RoI of scale ``s = sqrt(w h)`` pools from level ``floor(log2(s / finest_scale +
     1e-6))``, clamped to the levels given: with ``finest_scale`` 56 and strides 4 to 32,
     RoIs below 112 px pool from P2, up to 224 px from P3, up to 448 px from P4, larger
-    ones from P5 (the FPN paper's k = 4 + log2(s / 224), shifted by one level).
+    ones from P5: the FPN paper's P_k with k = floor(4 + log2(s / 224)), counted from
+    0 = P2 (torchvision's ``LevelMapper`` gives the same levels).
 
     Args:
         strides: of the maps RoIs pool from, finest first.
