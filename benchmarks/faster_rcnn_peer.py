@@ -17,7 +17,8 @@ AdamW, learning rate, warm-up and cosine, gradient clipping), in float32, for ex
 ``--every`` steps; the peer's own post-processing makes its boxes.
 
 What stays torchvision's own: smooth L1 (beta 1/9) where mmdet and the course use L1,
-the RPN's classification loss averaged over the sampled anchors of each level batch,
+losses divided by the samples actually drawn (mmdet counts at least one positive and one
+negative per image),
 RoIAlign with ``aligned=False`` and 2 samples per bin side, the level of a RoI by
 ``4 + log2(sqrt(area) / 224)`` (the same levels as mmdet's ``finest_scale`` 56), and
 class 0 as background (the wrapper below shifts the labels). Set up fairly (see the

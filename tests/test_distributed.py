@@ -25,6 +25,19 @@ RANKS = 2
 BATCH_PER_RANK = 2
 
 
+def torchrun(*args: str) -> None:
+    """Run this file under ``torch.distributed.run`` with RANKS gloo processes."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone",
+        f"--nproc_per_node={RANKS}", __file__, *args,
+    ]  # fmt: skip
+    environment = dict(os.environ, OMP_NUM_THREADS="1", CI="true")
+    completed = subprocess.run(
+        command, env=environment, capture_output=True, text=True, timeout=240
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+
+
 def datasets(root: Path):
     """Train and val sets without augmentation: both runs must see the same pixels."""
     transforms = build_transforms(64, train=False)
@@ -64,15 +77,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     generate_shapes(root, train=16, val=8, size=64, seed=0, workers=1)
     out = tmp_path / "ddp"
     out.mkdir()
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={RANKS}", __file__, str(root), str(out),
-    ]  # fmt: skip
-    environment = dict(os.environ, OMP_NUM_THREADS="1", CI="true")
-    completed = subprocess.run(
-        command, env=environment, capture_output=True, text=True, timeout=240
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    torchrun(str(root), str(out))
 
     ranks = [torch.load(out / f"rank{rank}.pt", weights_only=True) for rank in range(RANKS)]
     assert [state["world_size"] for state in ranks] == [RANKS, RANKS]
@@ -127,15 +132,7 @@ def test_atss_loss_normalisers_are_averaged_over_processes(tmp_path):
     # sum of the centerness targets, each averaged over the processes (mmdet's
     # reduce_mean): then the mean of the ranks' losses, what DDP's averaged gradients
     # follow, is the loss of the whole batch in one process.
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={RANKS}", __file__, "atss-loss", str(tmp_path),
-    ]  # fmt: skip
-    environment = dict(os.environ, OMP_NUM_THREADS="1", CI="true")
-    completed = subprocess.run(
-        command, env=environment, capture_output=True, text=True, timeout=240
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    torchrun("atss-loss", str(tmp_path))
     ranks = [torch.load(tmp_path / f"atss{rank}.pt", weights_only=True) for rank in range(RANKS)]
     model, outputs, targets = _atss_case(slice(0, 3))
     whole = model.loss(outputs, targets)
@@ -178,15 +175,7 @@ def faster_rcnn_rank_main(out: Path) -> None:
 def test_faster_rcnn_gradients_are_averaged_over_processes(tmp_path):
     # Faster R-CNN runs its RoI head in the loss, after DDP's forward: DDP must still
     # average those gradients, as it does the backbone's.
-    command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone",
-        f"--nproc_per_node={RANKS}", __file__, "faster-rcnn", str(tmp_path),
-    ]  # fmt: skip
-    environment = dict(os.environ, OMP_NUM_THREADS="1", CI="true")
-    completed = subprocess.run(
-        command, env=environment, capture_output=True, text=True, timeout=240
-    )
-    assert completed.returncode == 0, completed.stderr[-4000:]
+    torchrun("faster-rcnn", str(tmp_path))
     ranks = [torch.load(tmp_path / f"frcnn{rank}.pt", weights_only=True) for rank in range(RANKS)]
     alone = [_faster_rcnn_grads(rank, distributed=False) for rank in range(RANKS)]
     for name, grad in ranks[0].items():
