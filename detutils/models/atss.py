@@ -54,6 +54,7 @@ from detutils.assigners import AssignResult, assign_atss_batched, pad_ground_tru
 from detutils.coders import decode_delta_xywh
 from detutils.losses.atss import atss_loss
 from detutils.models.backbones import ResNetBackbone
+from detutils.models.inputs import check_images
 from detutils.models.necks import FPN
 from detutils.postprocess import select_dense_detections
 from detutils.priors import anchor_boxes
@@ -260,12 +261,7 @@ class ATSS(nn.Module):
             (class maps, delta maps, centerness maps): per level (B, K C, H_l, W_l),
             (B, K 4, H_l, W_l) and (B, K, H_l, W_l) logits, strides 8 to 128.
         """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-        if images.shape[-2] % 32 or images.shape[-1] % 32:
-            raise ValueError(
-                f"image height and width must be multiples of 32, got {tuple(images.shape[-2:])}"
-            )
+        check_images(images, 32)
         normalised = (images - self.pixel_mean) / self.pixel_std
         return self.head(self.neck(self.backbone(normalised)))
 

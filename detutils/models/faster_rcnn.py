@@ -71,6 +71,7 @@ from detutils.assigners import (
 from detutils.coders import decode_delta_xywh
 from detutils.losses.faster_rcnn import roi_loss, rpn_loss
 from detutils.models.backbones import ResNetBackbone
+from detutils.models.inputs import check_images
 from detutils.models.necks import FPN
 from detutils.postprocess import select_detections, select_proposals
 from detutils.priors import anchor_boxes
@@ -384,12 +385,7 @@ class FasterRCNN(nn.Module):
         Args:
             images: (B, 3, H, W) RGB in [0, 1], H and W multiples of 32.
         """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-        if images.shape[-2] % 32 or images.shape[-1] % 32:
-            raise ValueError(
-                f"image height and width must be multiples of 32, got {tuple(images.shape[-2:])}"
-            )
+        check_images(images, 32)
         normalised = (images - self.pixel_mean) / self.pixel_std
         features = self.neck(self.backbone(normalised))
         objectness, deltas = self.rpn_head(features)

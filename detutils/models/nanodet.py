@@ -46,6 +46,7 @@ from detutils.assigners import AssignResult, assign_atss_batched, pad_ground_tru
 from detutils.coders import decode_distance, dfl_distances
 from detutils.losses.gfl import gfl_loss
 from detutils.models.backbones import SHUFFLENETV2_CHANNELS, ShuffleNetV2Backbone
+from detutils.models.inputs import check_images
 from detutils.models.necks import PAN
 from detutils.postprocess import postprocess_detections
 from detutils.priors import anchor_points, grid_cells
@@ -219,14 +220,7 @@ class NanoDet(nn.Module):
             (class maps, distribution maps): per level (B, C, H / s, W / s) logits and
             (B, 4 (R + 1), H / s, W / s) logits, strides 8, 16, 32.
         """
-        stride = max(self.config.strides)
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-        if images.shape[-2] % stride or images.shape[-1] % stride:
-            raise ValueError(
-                f"image height and width must be multiples of {stride}, got "
-                f"{tuple(images.shape[-2:])}"
-            )
+        check_images(images, max(self.config.strides))
         normalised = (images - self.pixel_mean) / self.pixel_std
         return self.head(self.neck(self.backbone(normalised)))
 

@@ -51,6 +51,7 @@ from detutils.assigners.batch import pad_ground_truth
 from detutils.assigners.tal import TaskAlignedResult
 from detutils.coders import decode_distance, dfl_distances
 from detutils.losses.yolov8 import yolov8_assign, yolov8_loss
+from detutils.models.inputs import check_images
 from detutils.models.yolov8_blocks import (
     ConvBNSiLU,
     YOLOv8Backbone,
@@ -210,12 +211,7 @@ class YOLOv8(nn.Module):
             w, h there), A = the sum of H / s x W / s; and the maps, as the reference's
             ``(y, x)``.
         """
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
-        if images.shape[-2] % 32 or images.shape[-1] % 32:
-            raise ValueError(
-                f"image height and width must be multiples of 32, got {tuple(images.shape[-2:])}"
-            )
+        check_images(images, 32)
         maps = self.head(self.neck(self.backbone(images)))
         if self.training:
             return maps
