@@ -85,9 +85,19 @@ __all__ = [
     "RPNHead",
     "RoIExtractor",
     "RoIHead",
+    "boxes_to_rois",
     "build_faster_rcnn_r18half_fpn64",
     "build_faster_rcnn_r50",
 ]
+
+
+def boxes_to_rois(boxes: Sequence[Tensor]) -> Tensor:
+    """Per-image boxes (N_i, 4) -> RoIs (N, 5): the image index, then the box, images in
+    order (the layout ``roi_align`` reads; mmdet's ``bbox2roi``)."""
+    return torch.cat(
+        [torch.cat([image_boxes.new_full((len(image_boxes), 1), image), image_boxes], dim=1)
+         for image, image_boxes in enumerate(boxes)]
+    )  # fmt: skip
 
 
 class FasterRCNNOutputs(NamedTuple):
@@ -509,7 +519,7 @@ class FasterRCNN(nn.Module):
             rpn_sampled[image, neg] = True
         # stage two: proposals (and the ground truth) against the ground truth
         rois, labels, roi_targets, is_gt = [], [], [], []
-        for image, (target, proposals) in enumerate(zip(targets, outputs.proposals, strict=True)):
+        for target, proposals in zip(targets, outputs.proposals, strict=True):
             boxes = target["boxes"].to(device=device, dtype=torch.float32)
             classes = target["labels"].to(device=device, dtype=torch.long)
             result = assign_max_iou(
@@ -531,16 +541,12 @@ class FasterRCNN(nn.Module):
             order = torch.cat([pos, neg])
             image_targets = torch.zeros(len(order), 4, device=device)
             image_targets[: len(pos)] = boxes[result.gt_index[pos]]
-            rois.append(
-                torch.cat(
-                    [torch.full((len(order), 1), float(image), device=device), priors[order]], 1
-                )
-            )
+            rois.append(priors[order])
             labels.append(result.labels[order])
             roi_targets.append(image_targets)
             is_gt.append(flags[order])
         return FasterRCNNAssignment(
-            rpn, rpn_sampled, gt_boxes, torch.cat(rois), torch.cat(labels),
+            rpn, rpn_sampled, gt_boxes, boxes_to_rois(rois), torch.cat(labels),
             torch.cat(roi_targets), torch.cat(is_gt),
         )  # fmt: skip
 
@@ -598,15 +604,9 @@ class FasterRCNN(nn.Module):
         per class, clipped to the image) and class probabilities (P_i, C) (softmax over
         C + 1, background dropped)."""
         feature_sizes = self._check_outputs(outputs)
-        device = outputs.features[0].device
         image_size = (feature_sizes[0][0] * self.config.strides[0],
                       feature_sizes[0][1] * self.config.strides[0])  # fmt: skip
-        rois = torch.cat(
-            [
-                torch.cat([torch.full((len(p), 1), float(i), device=device), p.float()], dim=1)
-                for i, p in enumerate(outputs.proposals)
-            ]
-        )  # (N, 5)
+        rois = boxes_to_rois([proposals.float() for proposals in outputs.proposals])  # (N, 5)
         cls_logits, deltas = self.roi_forward(outputs, rois)
         scores = cls_logits.float().softmax(dim=1)[:, :-1]  # (N, C)
         boxes = decode_delta_xywh(
