@@ -239,3 +239,21 @@ def test_a_warmup_in_steps_replaces_the_one_in_epochs():
     assert schedule.recipe()["warm-up"] == "500 steps from 0.001 lr"
     with pytest.raises(ValueError, match="warmup_iterations must be >= 0"):
         TrainSchedule(warmup_iterations=-1)
+
+
+def test_lr_multipliers_split_the_groups_and_survive_a_checkpoint():
+    model = nn.Sequential(nn.Linear(2, 3), nn.LayerNorm(3), nn.Linear(3, 1))
+    schedule = TrainSchedule(optimizer="adamw", lr=0.01, lr_multipliers=(("0.", 0.1),))
+    optimizer = build_optimizer(model, schedule)
+    by_name = {group["name"]: group for group in optimizer.param_groups}
+    assert optimizer.param_groups[0]["name"] == "decay" and by_name["decay"]["lr"] == 0.01
+    assert by_name["decay x0.1"]["lr"] == pytest.approx(0.001)  # the first Linear's weight
+    assert by_name["no_decay x0.1"]["params"] == [model[0].bias]
+    scheduler = build_lr_scheduler(optimizer, schedule, iterations_per_epoch=10)
+    scheduler.step()
+    ratio = by_name["decay x0.1"]["lr"] / by_name["decay"]["lr"]
+    assert ratio == pytest.approx(0.1)  # the warm-up and cosine keep the factor
+    assert TrainSchedule.from_dict(schedule.to_dict()) == schedule
+    assert "x 0.1 for 0." in schedule.recipe()["learning rate"]
+    with pytest.raises(ValueError, match="lr_multipliers"):
+        TrainSchedule(lr_multipliers=(("backbone", 0.0),))

@@ -26,6 +26,11 @@ from collections.abc import Callable
 from torch import nn
 
 from detutils.models.atss import build_atss_r18half_fpn64, build_atss_r50
+from detutils.models.deformable_detr import (
+    build_deformable_detr_r18half_d128,
+    build_deformable_detr_r50,
+    build_deformable_detr_r50_refine_two_stage,
+)
 from detutils.models.faster_rcnn import build_faster_rcnn_r18half_fpn64, build_faster_rcnn_r50
 from detutils.models.nanodet import build_nanodet_m
 from detutils.models.yolov3 import build_yolov3, build_yolov3_tiny
@@ -45,6 +50,9 @@ DETECTORS: dict[str, Callable[[int], nn.Module]] = {
     "atss-r18half-fpn64": build_atss_r18half_fpn64,
     "faster-rcnn-r50": build_faster_rcnn_r50,
     "faster-rcnn-r18half-fpn64": build_faster_rcnn_r18half_fpn64,
+    "deformable-detr-r50": build_deformable_detr_r50,
+    "deformable-detr-r50-refine-two-stage": build_deformable_detr_r50_refine_two_stage,
+    "deformable-detr-r18half-d128": build_deformable_detr_r18half_d128,
 }
 
 
