@@ -41,6 +41,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cpu_budget import parse_overrides  # noqa: E402
 from sample_efficiency import _load, _score  # noqa: E402
 
 from detutils.data.mosaic import build_train_set  # noqa: E402
@@ -120,7 +121,8 @@ def run(model: nn.Module, schedule, data: Path, every: int, pretrained: bool) ->
         context=init_distributed("cpu"), on_step=keep, pretrained=pretrained,
     )  # fmt: skip
     metrics = _score(snapshots, val_set, schedule.img_size)
-    step_times = [b - a for a, b in zip(stamps, stamps[1:], strict=False)][5:]
+    step_times = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    step_times = step_times[5:] or step_times  # the first steps warm the caches up
     return {
         "metrics": metrics,
         "s_per_step": statistics.mean(step_times),
@@ -131,14 +133,20 @@ def run(model: nn.Module, schedule, data: Path, every: int, pretrained: bool) ->
 def compare(
     argv: list[str] | None,
     course: str,
-    build_peer: Callable[[int], TorchvisionPeer],
+    build_peer: Callable[[int], nn.Module],
     description: str,
     out: str,
+    steps: int = 500,
+    overrides: bool = False,
 ) -> int:
     """The command line of a side-by-side benchmark: the course's ``course`` preset and
-    the peer that ``build_peer(num_classes)`` makes, on the course's ``cpu`` schedule."""
+    the peer that ``build_peer(num_classes)`` makes, on the course's ``cpu`` schedule.
+
+    ``steps`` is the default of ``--steps``. With ``overrides``, ``--set FIELD=VALUE``
+    changes the schedule of both runs (only for a peer that takes its image size from
+    the batches, not from the preset)."""
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=steps)
     parser.add_argument("--every", type=int, default=100)
     parser.add_argument("--data", type=Path, default=Path("data/shapes"))
     parser.add_argument("--out", type=Path, default=Path(out))
@@ -147,6 +155,8 @@ def compare(
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--peer-only", action="store_true")
     which.add_argument("--course-only", action="store_true")
+    if overrides:
+        parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.every < 1 or args.steps % args.every:
         parser.error("--steps must be a positive multiple of --every")
@@ -158,6 +168,7 @@ def compare(
     schedule = dataclasses.replace(
         schedule, max_minutes=None, lr_by_time=False, amp=False, seed=args.seed
     )
+    schedule = schedule.replace(**parse_overrides(schedule, getattr(args, "set", [])))
 
     results = {}
     if not args.peer_only:

@@ -53,7 +53,7 @@ from torch import Tensor, nn
 from detutils.assigners import AssignResult, assign_atss_batched, pad_ground_truth
 from detutils.coders import decode_delta_xywh
 from detutils.losses.atss import atss_loss
-from detutils.models.backbones import ResNetBackbone
+from detutils.models.backbones import CPU_PRESET_BACKBONE, ResNetBackbone
 from detutils.models.inputs import check_images
 from detutils.models.necks import FPN
 from detutils.postprocess import select_dense_detections
@@ -438,12 +438,7 @@ def build_atss_r18half_fpn64(num_classes: int = 80) -> ATSS:
         ATSSConfig(
             name="atss-r18half-fpn64",
             num_classes=num_classes,
-            img_size=320,
-            depth=18,
-            backbone_width=32,
-            frozen_stages=-1,
-            norm_eval=False,
-            pretrained="shapes-resnet18-half",
+            **CPU_PRESET_BACKBONE,
             fpn_channels=64,
             head_channels=64,
             stacked_convs=2,

@@ -28,7 +28,25 @@ from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 from torchvision.models.shufflenetv2 import ShuffleNetV2
 
-__all__ = ["RESNET_STAGES", "SHUFFLENETV2_CHANNELS", "ResNetBackbone", "ShuffleNetV2Backbone"]
+__all__ = [
+    "CPU_PRESET_BACKBONE",
+    "RESNET_STAGES",
+    "SHUFFLENETV2_CHANNELS",
+    "ResNetBackbone",
+    "ShuffleNetV2Backbone",
+]
+
+# The backbone of the CPU presets of ATSS, Faster R-CNN and Deformable DETR, as config
+# fields: a half-width ResNet-18 whose every stage trains (batch norms included), from the
+# weights the course pre-trains on the shapes set (``detutils.engine.pretrain``), at 320 px.
+CPU_PRESET_BACKBONE: dict[str, object] = {
+    "img_size": 320,
+    "depth": 18,
+    "backbone_width": 32,
+    "frozen_stages": -1,
+    "norm_eval": False,
+    "pretrained": "shapes-resnet18-half",
+}
 
 # Output channels of the stem and of stages 2, 3, 4, per width multiplier.
 SHUFFLENETV2_CHANNELS: dict[str, tuple[int, int, int, int]] = {

@@ -61,7 +61,7 @@ from detutils.assigners.hungarian import assign_hungarian_batched
 from detutils.assigners.result import AssignResult
 from detutils.boxes import cxcywh_norm_to_xyxy
 from detutils.losses.detr import set_loss
-from detutils.models.backbones import ResNetBackbone
+from detutils.models.backbones import CPU_PRESET_BACKBONE, ResNetBackbone
 from detutils.models.deformable_attention import MultiScaleDeformableAttention
 from detutils.models.inputs import check_images
 
@@ -679,12 +679,7 @@ def build_deformable_detr_r18half_d128(num_classes: int = 80) -> DeformableDETR:
         DeformableDETRConfig(
             name="deformable-detr-r18half-d128",
             num_classes=num_classes,
-            img_size=320,
-            depth=18,
-            backbone_width=32,
-            frozen_stages=-1,
-            norm_eval=False,
-            pretrained="shapes-resnet18-half",
+            **CPU_PRESET_BACKBONE,
             embed_dims=128,
             num_encoder_layers=3,
             num_decoder_layers=3,

@@ -70,7 +70,7 @@ from detutils.assigners import (
 )
 from detutils.coders import decode_delta_xywh
 from detutils.losses.faster_rcnn import roi_loss, rpn_loss
-from detutils.models.backbones import ResNetBackbone
+from detutils.models.backbones import CPU_PRESET_BACKBONE, ResNetBackbone
 from detutils.models.inputs import check_images
 from detutils.models.necks import FPN
 from detutils.postprocess import select_detections, select_proposals
@@ -658,12 +658,7 @@ def build_faster_rcnn_r18half_fpn64(num_classes: int = 80) -> FasterRCNN:
         FasterRCNNConfig(
             name="faster-rcnn-r18half-fpn64",
             num_classes=num_classes,
-            img_size=320,
-            depth=18,
-            backbone_width=32,
-            frozen_stages=-1,
-            norm_eval=False,
-            pretrained="shapes-resnet18-half",
+            **CPU_PRESET_BACKBONE,
             fpn_channels=64,
             rpn_channels=64,
             fc_channels=256,
