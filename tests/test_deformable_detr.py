@@ -482,3 +482,10 @@ def test_schedules_scale_the_learning_rate_of_backbone_offsets_and_references():
     for name, parameter in model.named_parameters():
         slow = any(part in name for part in ("backbone", "sampling_offsets", "reference_points"))
         assert rates[id(parameter)] == pytest.approx(cpu.lr * (0.1 if slow else 1.0)), name
+
+
+def test_two_stages_need_as_many_tokens_as_queries():
+    model = _tiny(as_two_stage=True, num_queries=90)
+    with pytest.raises(ValueError, match="90 queries among the encoder's 85 tokens"):
+        model(torch.rand(1, 3, 64, 64))
+    assert schedules_for(model)["ci"].img_size == 128

@@ -267,7 +267,8 @@ DETR_LR_MULTIPLIERS = (("backbone", 0.1), ("sampling_offsets", 0.1), ("reference
 def deformable_detr_schedules() -> dict[str, TrainSchedule]:
     """The ``ci``, ``cpu`` and ``gpu`` training schedules of Deformable DETR.
 
-    ci   three steps of four 64 px images on one thread, no worker process.
+    ci   three steps of four 128 px images on one thread, no worker process (two stages
+         pick the queries among the encoder's tokens: 340 at 128 px, 85 at 64 px).
     cpu  ``deformable-detr-r18half-d128`` on the shapes set, from the backbone the course
          pre-trains (notebook 04): float32 steps of 8 images at 320 px with the
          reference's optimizer (AdamW, weight decay 1e-4, a tenth of the rate for the
@@ -288,7 +289,10 @@ def deformable_detr_schedules() -> dict[str, TrainSchedule]:
     """
     cpu = cpu_budget_schedule(iterations=600, lr=2e-4, img_size=320)
     return {
-        "ci": ci_schedule().replace(grad_clip=0.1, lr_multipliers=DETR_LR_MULTIPLIERS),
+        # 128 px: the two-stage preset's 100 queries need at least 100 encoder tokens
+        "ci": ci_schedule().replace(
+            img_size=128, grad_clip=0.1, lr_multipliers=DETR_LR_MULTIPLIERS
+        ),
         "cpu": cpu.replace(
             batch_size=8, weight_decay=1e-4, grad_clip=0.1, lr_multipliers=DETR_LR_MULTIPLIERS,
             max_minutes=28.0,

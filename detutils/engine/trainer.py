@@ -58,6 +58,7 @@ __all__ = [
     "TrainResult",
     "autocast_dtype",
     "cpu_has_bfloat16",
+    "intra_op_threads",
     "move_targets",
     "seed_everything",
     "to_float32",

@@ -467,6 +467,12 @@ class DeformableDETR(nn.Module):
         batch, _, dims = memory.shape
         enc_cls_logits = enc_boxes = None
         if config.as_two_stage:
+            if memory.shape[1] < config.num_queries:
+                raise ValueError(
+                    f"two stages pick {config.num_queries} queries among the encoder's "
+                    f"{memory.shape[1]} tokens: use larger images (tokens per level: "
+                    f"{spatial_shapes.prod(1).tolist()})"
+                )
             output_memory, proposals = self.encoder_proposals(memory, spatial_shapes)
             head = config.num_decoder_layers  # the extra head, after the decoder's
             enc_cls_logits = self.cls_branches[head](output_memory)
