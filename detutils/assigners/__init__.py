@@ -11,6 +11,11 @@ from detutils.assigners.atss import (
     explain_atss,
 )
 from detutils.assigners.batch import pad_ground_truth
+from detutils.assigners.hungarian import (
+    assign_hungarian,
+    assign_hungarian_batched,
+    hungarian_costs,
+)
 from detutils.assigners.max_iou import assign_max_iou, assign_max_iou_batched, sample_random
 from detutils.assigners.result import BACKGROUND, IGNORE, AssignResult
 from detutils.assigners.tal import (
@@ -29,12 +34,15 @@ __all__ = [
     "YOLOv3Targets",
     "assign_atss",
     "assign_atss_batched",
+    "assign_hungarian",
+    "assign_hungarian_batched",
     "assign_max_iou",
     "assign_max_iou_batched",
     "assign_task_aligned",
     "assign_task_aligned_dense",
     "build_yolov3_targets",
     "explain_atss",
+    "hungarian_costs",
     "pad_ground_truth",
     "sample_random",
     "wh_iou",
