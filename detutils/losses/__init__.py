@@ -1,7 +1,7 @@
 """Losses of the course's detectors."""
 
 from detutils.losses.atss import atss_loss
-from detutils.losses.detr import set_loss, set_targets
+from detutils.losses.detr import set_loss, set_loss_on_targets, set_targets
 from detutils.losses.dfl import distribution_focal_loss
 from detutils.losses.faster_rcnn import roi_loss, rpn_loss
 from detutils.losses.focal import quality_focal_loss, sigmoid_focal_loss, weight_reduce_loss
@@ -19,6 +19,7 @@ __all__: list[str] = [
     "roi_loss",
     "rpn_loss",
     "set_loss",
+    "set_loss_on_targets",
     "set_targets",
     "sigmoid_focal_loss",
     "weight_reduce_loss",

@@ -31,7 +31,7 @@ from detutils.boxes import box_iou_aligned, cxcywh_norm_to_xyxy, xyxy_to_cxcywh_
 from detutils.distributed import all_reduce_mean
 from detutils.losses.focal import sigmoid_focal_loss
 
-__all__ = ["set_loss", "set_targets"]
+__all__ = ["set_loss", "set_loss_on_targets", "set_targets"]
 
 
 def set_targets(
@@ -108,9 +108,56 @@ def set_loss(
     class_targets, box_targets, positive = set_targets(
         assignment, targets, num_classes, image_size, class_agnostic
     )
+    return set_loss_on_targets(
+        cls_logits, boxes_cxcywh_norm, class_targets, box_targets, positive, image_size,
+        cls_weight=cls_weight, l1_weight=l1_weight, giou_weight=giou_weight, alpha=alpha,
+        gamma=gamma,
+    )  # fmt: skip
+
+
+def set_loss_on_targets(
+    cls_logits: Tensor,
+    boxes_cxcywh_norm: Tensor,
+    class_targets: Tensor,
+    box_targets: Tensor,
+    positive: Tensor,
+    image_size: tuple[int, int],
+    cls_weight: float = 2.0,
+    l1_weight: float = 5.0,
+    giou_weight: float = 2.0,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    query_weights: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """The three terms when each query's target is already known (no matching here):
+    after :func:`set_targets`, or for Co-DETR's positive queries, whose targets the
+    auxiliary heads' assignment gave.
+
+    Args:
+        cls_logits: (B, Q, C) raw class scores.
+        boxes_cxcywh_norm: (B, Q, 4) predicted boxes, cxcywh in [0, 1].
+        class_targets: (B, Q, C) one-hot floats, zeros for "no object".
+        box_targets: (B, Q, 4) cxcywh in [0, 1] (read where ``positive``).
+        positive: (B, Q) bool, the queries that learn a box.
+        image_size: (H, W) px.
+        cls_weight, l1_weight, giou_weight, alpha, gamma: as :func:`set_loss`.
+        query_weights: (B, Q) weights of each query's class term (0: left out, e.g.
+            padding); ``None``: all 1.
+
+    Returns:
+        ``{"cls", "l1", "giou"}`` scalars, divided by the positives of the batch
+        (averaged over processes, at least 1).
+    """
+    if not cls_logits.shape[:2] == boxes_cxcywh_norm.shape[:2] == positive.shape:
+        raise ValueError("cls_logits, boxes_cxcywh_norm and positive must share (B, Q)")
+    if class_targets.shape != cls_logits.shape or box_targets.shape != boxes_cxcywh_norm.shape:
+        raise ValueError("class_targets and box_targets must be shaped as the predictions")
     normaliser = all_reduce_mean(positive.sum().float()).clamp(min=1.0)
+    weight = None if query_weights is None else query_weights[..., None].float()
     cls = (
-        sigmoid_focal_loss(cls_logits.float(), class_targets, alpha, gamma, reduction="sum")
+        sigmoid_focal_loss(
+            cls_logits.float(), class_targets, alpha, gamma, reduction="sum", weight=weight
+        )
         / normaliser
     )
     pred = boxes_cxcywh_norm.float()[positive]  # [P, 4]

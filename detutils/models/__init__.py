@@ -26,6 +26,10 @@ from collections.abc import Callable
 from torch import nn
 
 from detutils.models.atss import build_atss_r18half_fpn64, build_atss_r50
+from detutils.models.co_detr import (
+    build_co_deformable_detr_r18half_d128,
+    build_co_deformable_detr_r50,
+)
 from detutils.models.deformable_detr import (
     build_deformable_detr_r18half_d128,
     build_deformable_detr_r50,
@@ -53,6 +57,8 @@ DETECTORS: dict[str, Callable[[int], nn.Module]] = {
     "deformable-detr-r50": build_deformable_detr_r50,
     "deformable-detr-r50-refine-two-stage": build_deformable_detr_r50_refine_two_stage,
     "deformable-detr-r18half-d128": build_deformable_detr_r18half_d128,
+    "co-deformable-detr-r50": build_co_deformable_detr_r50,
+    "co-deformable-detr-r18half-d128": build_co_deformable_detr_r18half_d128,
 }
 
 

@@ -62,6 +62,7 @@ from detutils.priors import anchor_boxes
 __all__ = [
     "ATSS",
     "ATSSAssignment",
+    "ATSSBranch",
     "ATSSConfig",
     "ATSSHead",
     "Scale",
@@ -204,13 +205,13 @@ class ATSSHead(nn.Module):
         return class_maps, delta_maps, centerness_maps
 
 
-class ATSS(nn.Module):
-    """ATSS: backbone, FPN and head, with its assigner, loss and post-processing.
+class ATSSBranch(nn.Module):
+    """The ATSS head over any feature pyramid with its anchors, assigner, loss and
+    post-processing.
 
-    ``config.pretrained`` names the backbone weights a training run starts from, as
-    mmdet's ``init_cfg=dict(type="Pretrained", ...)``: building the model loads nothing
-    (the network starts from its initialisation); the trainer calls
-    :meth:`load_backbone` with the file (``detutils.engine.pretrain``).
+    :class:`ATSS` is this branch on a ResNet + FPN; Co-DETR attaches it (one stacked
+    conv) to its encoder's levels as an auxiliary branch. Only the head fields of
+    ``config`` are read; ``fpn_channels`` is the channels of the maps it receives.
 
     Args:
         config: an :class:`ATSSConfig`.
@@ -218,21 +219,12 @@ class ATSS(nn.Module):
 
     def __init__(self, config: ATSSConfig) -> None:
         super().__init__()
-        if config.img_size % 32:
-            raise ValueError(f"img_size {config.img_size} must be a multiple of 32")
-        if tuple(config.strides[:3]) != (8, 16, 32) or any(
-            b != 2 * a for a, b in zip(config.strides[:-1], config.strides[1:], strict=True)
-        ):
-            raise ValueError(f"strides must be 8, 16, 32, then doubling, got {config.strides}")
+        self._init_branch(config)
+
+    def _init_branch(self, config: ATSSConfig) -> None:
+        if any(b != 2 * a for a, b in zip(config.strides[:-1], config.strides[1:], strict=True)):
+            raise ValueError(f"strides must double from level to level, got {config.strides}")
         self.config, self.name, self.num_classes = config, config.name, config.num_classes
-        self.backbone = ResNetBackbone(
-            config.depth,
-            out_stages=(3, 4, 5),
-            width=config.backbone_width,
-            frozen_stages=config.frozen_stages,
-            norm_eval=config.norm_eval,
-        )
-        self.neck = FPN(self.backbone.out_channels, config.fpn_channels, len(config.strides))
         self.head = ATSSHead(
             config.num_classes,
             config.fpn_channels,
@@ -243,27 +235,10 @@ class ATSS(nn.Module):
             config.norm_groups,
             config.prior_prob,
         )
-        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), False)
 
-    def load_backbone(self, state_dict: dict, source: str = "state dict") -> None:
-        """Load backbone weights (a torchvision ResNet state dict), as the trainer does
-        for ``config.pretrained``."""
-        self.backbone.load_weights(state_dict, source)
-
-    def forward(self, images: Tensor) -> ATSSOutputs:
-        """Raw head outputs (the same in training and eval mode).
-
-        Args:
-            images: (B, 3, H, W) RGB in [0, 1], H and W multiples of 32.
-
-        Returns:
-            (class maps, delta maps, centerness maps): per level (B, K C, H_l, W_l),
-            (B, K 4, H_l, W_l) and (B, K, H_l, W_l) logits, strides 8 to 128.
-        """
-        check_images(images, 32)
-        normalised = (images - self.pixel_mean) / self.pixel_std
-        return self.head(self.neck(self.backbone(normalised)))
+    def forward(self, features: list[Tensor]) -> ATSSOutputs:
+        """The head on a pyramid (one map per stride of ``config.strides``)."""
+        return self.head(features)
 
     # ------------------------------------------- anchors, flattening, assignment
     def _check_outputs(self, outputs: ATSSOutputs) -> list[tuple[int, int]]:
@@ -424,6 +399,58 @@ class ATSS(nn.Module):
                 boxes, scores, centerness, strict=True
             )
         ]
+
+
+class ATSS(ATSSBranch):
+    """ATSS: backbone, FPN and head, with its assigner, loss and post-processing.
+
+    ``config.pretrained`` names the backbone weights a training run starts from, as
+    mmdet's ``init_cfg=dict(type="Pretrained", ...)``: building the model loads nothing
+    (the network starts from its initialisation); the trainer calls
+    :meth:`load_backbone` with the file (``detutils.engine.pretrain``).
+
+    Args:
+        config: an :class:`ATSSConfig`.
+    """
+
+    def __init__(self, config: ATSSConfig) -> None:
+        nn.Module.__init__(self)
+        if config.img_size % 32:
+            raise ValueError(f"img_size {config.img_size} must be a multiple of 32")
+        if tuple(config.strides[:3]) != (8, 16, 32) or any(
+            b != 2 * a for a, b in zip(config.strides[:-1], config.strides[1:], strict=True)
+        ):
+            raise ValueError(f"strides must be 8, 16, 32, then doubling, got {config.strides}")
+        self.backbone = ResNetBackbone(
+            config.depth,
+            out_stages=(3, 4, 5),
+            width=config.backbone_width,
+            frozen_stages=config.frozen_stages,
+            norm_eval=config.norm_eval,
+        )
+        self.neck = FPN(self.backbone.out_channels, config.fpn_channels, len(config.strides))
+        self._init_branch(config)
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), False)
+
+    def load_backbone(self, state_dict: dict, source: str = "state dict") -> None:
+        """Load backbone weights (a torchvision ResNet state dict), as the trainer does
+        for ``config.pretrained``."""
+        self.backbone.load_weights(state_dict, source)
+
+    def forward(self, images: Tensor) -> ATSSOutputs:
+        """Raw head outputs (the same in training and eval mode).
+
+        Args:
+            images: (B, 3, H, W) RGB in [0, 1], H and W multiples of 32.
+
+        Returns:
+            (class maps, delta maps, centerness maps): per level (B, K C, H_l, W_l),
+            (B, K 4, H_l, W_l) and (B, K, H_l, W_l) logits, strides 8 to 128.
+        """
+        check_images(images, 32)
+        normalised = (images - self.pixel_mean) / self.pixel_std
+        return self.head(self.neck(self.backbone(normalised)))
 
 
 def build_atss_r50(num_classes: int = 80) -> ATSS:

@@ -71,6 +71,7 @@ __all__ = [
     "DeformableDETRAssignment",
     "DeformableDETRConfig",
     "DeformableDETROutputs",
+    "apply_box_deltas",
     "build_deformable_detr_r18half_d128",
     "build_deformable_detr_r50",
     "build_deformable_detr_r50_refine_two_stage",
@@ -125,6 +126,8 @@ class DeformableDETRConfig:
     num_queries: int = 300  # Q
     with_box_refine: bool = False  # each layer's boxes are the next layer's references
     as_two_stage: bool = False  # references from the encoder's best proposals
+    mixed_selection: bool = False  # two stages: positions from the proposals, content learned
+    look_forward_twice: bool = False  # a layer's box loss also trains the layer before
     num_reg_fcs: int = 2  # hidden layers of the box MLP
     cls_weight: float = 2.0  # focal loss weight (and class cost of the matching)
     l1_weight: float = 5.0  # L1 loss weight (and L1 cost)
@@ -141,6 +144,16 @@ def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
     """log(x / (1 - x)), with x clamped to [0, 1] and both parts to at least ``eps``."""
     x = x.clamp(min=0, max=1)
     return torch.log(x.clamp(min=eps) / (1 - x).clamp(min=eps))
+
+
+def apply_box_deltas(deltas: Tensor, reference: Tensor) -> Tensor:
+    """A box head's output (..., 4) on references (..., 4) boxes or (..., 2) points ->
+    boxes (..., 4) cxcywh in [0, 1]: sigmoid(deltas + inverse sigmoid of the reference),
+    a point moving only the centre."""
+    if reference.shape[-1] == 4:
+        return (deltas + inverse_sigmoid(reference)).sigmoid()
+    centre = deltas[..., :2] + inverse_sigmoid(reference)
+    return torch.cat((centre, deltas[..., 2:]), -1).sigmoid()
 
 
 def sine_position_embedding(
@@ -294,11 +307,20 @@ class DecoderLayer(nn.Module):
         self.norms = nn.ModuleList(nn.LayerNorm(dims) for _ in range(3))
 
     def forward(
-        self, query: Tensor, query_pos: Tensor, memory: Tensor, reference: Tensor, shapes: Tensor
+        self,
+        query: Tensor,
+        query_pos: Tensor,
+        memory: Tensor,
+        reference: Tensor,
+        shapes: Tensor,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
+        """``attn_mask`` (Q, Q) or (B heads, Q, Q) bool: True where a query may not look."""
         # queries and keys carry the position; the values do not
         with_pos = query + query_pos
-        attended = self.self_attn(with_pos, with_pos, query, need_weights=False)[0]
+        attended = self.self_attn(
+            with_pos, with_pos, query, attn_mask=attn_mask, need_weights=False
+        )[0]
         query = self.norms[0](query + self.self_attn_drop(attended))
         attended = self.cross_attn(query, memory, reference, shapes, query_pos=query_pos)
         query = self.norms[1](attended)
@@ -344,11 +366,15 @@ class DeformableDETR(nn.Module):
         self.level_embed = nn.Parameter(torch.empty(config.num_levels, dims))
         self.encoder = nn.ModuleList(EncoderLayer(config) for _ in range(config.num_encoder_layers))
         self.decoder = nn.ModuleList(DecoderLayer(config) for _ in range(config.num_decoder_layers))
+        if config.mixed_selection and not config.as_two_stage:
+            raise ValueError("mixed_selection picks positions among proposals: needs as_two_stage")
         if config.as_two_stage:
             self.memory_trans_fc = nn.Linear(dims, dims)
             self.memory_trans_norm = nn.LayerNorm(dims)
             self.pos_trans_fc = nn.Linear(2 * dims, 2 * dims)
             self.pos_trans_norm = nn.LayerNorm(2 * dims)
+            if config.mixed_selection:  # the queries' content, learned (normal(0, 1))
+                self.query_embedding = nn.Embedding(config.num_queries, dims)
         else:
             self.query_embedding = nn.Embedding(config.num_queries, 2 * dims)
             self.reference_points_fc = nn.Linear(dims, 2)
@@ -450,6 +476,103 @@ class DeformableDETR(nn.Module):
         output = memory.masked_fill(~valid, 0.0)
         return self.memory_trans_norm(self.memory_trans_fc(output)), proposals
 
+    def features(self, images: Tensor) -> list[Tensor]:
+        """Backbone and channel mapper: images -> ``num_levels`` maps (B, D, H_l, W_l)."""
+        check_images(images, 2 ** (self.config.num_levels + 2))
+        return self.neck(self.backbone((images - self.pixel_mean) / self.pixel_std))
+
+    def select_queries(
+        self, memory: Tensor, spatial_shapes: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]:
+        """The decoder's starting point.
+
+        Returns:
+            ``(query, query_pos, reference, enc_cls_logits, enc_boxes)``: content and
+            position (B, Q, D), references (B, Q, 2) points or (B, Q, 4) boxes in [0, 1],
+            and with two stages the encoder's proposals (B, S, C) and (B, S, 4) (else
+            ``None``). Two stages take the positions of the Q best proposals, and with
+            ``mixed_selection`` a learned content per query instead of the proposals'.
+        """
+        config = self.config
+        batch, _, dims = memory.shape
+        if not config.as_two_stage:
+            query_pos, query = self.query_embedding.weight.split(dims, dim=1)
+            query_pos = query_pos[None].expand(batch, -1, -1)
+            query = query[None].expand(batch, -1, -1)
+            reference = self.reference_points_fc(query_pos).sigmoid()  # [B, Q, 2] points
+            return query, query_pos, reference, None, None
+        if memory.shape[1] < config.num_queries:
+            raise ValueError(
+                f"two stages pick {config.num_queries} queries among the encoder's "
+                f"{memory.shape[1]} tokens: use larger images (tokens per level: "
+                f"{spatial_shapes.prod(1).tolist()})"
+            )
+        output_memory, proposals = self.encoder_proposals(memory, spatial_shapes)
+        head = config.num_decoder_layers  # the extra head, after the decoder's
+        enc_cls_logits = self.cls_branches[head](output_memory)
+        enc_unact = self.reg_branches[head](output_memory) + proposals
+        # the best proposals by their first class's score (the encoder's class head
+        # learns "object" on class 0: see losses.detr)
+        top = enc_cls_logits[..., 0].topk(config.num_queries, dim=1)[1]
+        top_unact = enc_unact.gather(1, top[..., None].expand(-1, -1, 4)).detach()
+        reference = top_unact.sigmoid()  # [B, Q, 4] boxes
+        embedded = self.pos_trans_fc(proposal_position_embedding(top_unact, dims // 2))
+        query_pos, query = self.pos_trans_norm(embedded).split(dims, dim=2)
+        if config.mixed_selection:
+            query = self.query_embedding.weight[None].expand(batch, -1, -1)
+        return query, query_pos, reference, enc_cls_logits, enc_unact.sigmoid()
+
+    def decode(
+        self,
+        query: Tensor,
+        query_pos: Tensor,
+        reference: Tensor,
+        memory: Tensor,
+        spatial_shapes: Tensor,
+        attn_mask: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """The decoder and its heads on any set of queries.
+
+        Args:
+            query, query_pos: (B, Q, D) content and position.
+            reference: (B, Q, 2) points or (B, Q, 4) boxes, cxcywh in [0, 1].
+            memory: (B, S, D) the encoder's output; spatial_shapes (L, 2).
+            attn_mask: for the self-attention, (Q, Q) or (B heads, Q, Q) bool, True
+                where a query may not look; ``None``: every query sees every other.
+
+        Returns:
+            class logits (L, B, Q, C), boxes (L, B, Q, 4) cxcywh in [0, 1], and the
+            reference each layer started from (L tensors).
+        """
+        config = self.config
+        cls_logits, boxes, references = [], [], []
+        # ``previous``: the boxes a layer's deltas apply to. The same values as the
+        # layer's reference, but with look forward twice (DINO) not detached: the loss
+        # of layer l then also trains layer l - 1's box head (and no layer before it)
+        previous = reference
+        for index, layer in enumerate(self.decoder):
+            references.append(reference)
+            query = layer(
+                query,
+                query_pos,
+                memory,
+                reference[:, :, None].expand(-1, -1, config.num_levels, -1),
+                spatial_shapes,
+                attn_mask,
+            )
+            deltas = self.reg_branches[index](query)
+            layer_boxes = apply_box_deltas(deltas, previous)
+            cls_logits.append(self.cls_branches[index](query))
+            boxes.append(layer_boxes)
+            if config.with_box_refine:
+                # the same boxes, from the detached reference (no gradient further back)
+                refined = (
+                    layer_boxes if previous is reference else apply_box_deltas(deltas, reference)
+                )
+                reference = refined.detach()  # where the next layer samples
+                previous = refined if config.look_forward_twice else reference
+        return torch.stack(cls_logits), torch.stack(boxes), references
+
     def forward(self, images: Tensor) -> DeformableDETROutputs:
         """Every decoder layer's predictions (the same in training and eval mode).
 
@@ -459,65 +582,16 @@ class DeformableDETR(nn.Module):
         Returns:
             :class:`DeformableDETROutputs`.
         """
-        check_images(images, 2 ** (self.config.num_levels + 2))
-        config = self.config
-        features = self.neck(self.backbone((images - self.pixel_mean) / self.pixel_std))
-        tokens, positions, spatial_shapes = self.flatten_levels(features)
+        tokens, positions, spatial_shapes = self.flatten_levels(self.features(images))
         memory = self.encode(tokens, positions, spatial_shapes)
-        batch, _, dims = memory.shape
-        enc_cls_logits = enc_boxes = None
-        if config.as_two_stage:
-            if memory.shape[1] < config.num_queries:
-                raise ValueError(
-                    f"two stages pick {config.num_queries} queries among the encoder's "
-                    f"{memory.shape[1]} tokens: use larger images (tokens per level: "
-                    f"{spatial_shapes.prod(1).tolist()})"
-                )
-            output_memory, proposals = self.encoder_proposals(memory, spatial_shapes)
-            head = config.num_decoder_layers  # the extra head, after the decoder's
-            enc_cls_logits = self.cls_branches[head](output_memory)
-            enc_unact = self.reg_branches[head](output_memory) + proposals
-            enc_boxes = enc_unact.sigmoid()
-            # the best proposals by their first class's score (the encoder's class
-            # head learns "object" on class 0: see losses.detr)
-            top = enc_cls_logits[..., 0].topk(config.num_queries, dim=1)[1]
-            top_unact = enc_unact.gather(1, top[..., None].expand(-1, -1, 4)).detach()
-            reference = top_unact.sigmoid()  # [B, Q, 4] boxes
-            embedded = self.pos_trans_fc(proposal_position_embedding(top_unact, dims // 2))
-            query_pos, query = self.pos_trans_norm(embedded).split(dims, dim=2)
-        else:
-            query_pos, query = self.query_embedding.weight.split(dims, dim=1)
-            query_pos = query_pos[None].expand(batch, -1, -1)
-            query = query[None].expand(batch, -1, -1)
-            reference = self.reference_points_fc(query_pos).sigmoid()  # [B, Q, 2] points
-        cls_logits, boxes, references = [], [], []
-        for index, layer in enumerate(self.decoder):
-            references.append(reference)
-            query = layer(
-                query,
-                query_pos,
-                memory,
-                reference[:, :, None].expand(-1, -1, config.num_levels, -1),
-                spatial_shapes,
-            )
-            unact = self.reg_branches[index](query)
-            if reference.shape[-1] == 4:
-                unact = unact + inverse_sigmoid(reference)
-            else:
-                unact = torch.cat((unact[..., :2] + inverse_sigmoid(reference), unact[..., 2:]), -1)
-            layer_boxes = unact.sigmoid()
-            cls_logits.append(self.cls_branches[index](query))
-            boxes.append(layer_boxes)
-            if config.with_box_refine:
-                reference = layer_boxes.detach()
+        query, query_pos, reference, enc_cls_logits, enc_boxes = self.select_queries(
+            memory, spatial_shapes
+        )
+        cls_logits, boxes, references = self.decode(
+            query, query_pos, reference, memory, spatial_shapes
+        )
         return DeformableDETROutputs(
-            torch.stack(cls_logits),
-            torch.stack(boxes),
-            enc_cls_logits,
-            enc_boxes,
-            references,
-            memory,
-            spatial_shapes,
+            cls_logits, boxes, enc_cls_logits, enc_boxes, references, memory, spatial_shapes
         )
 
     # --------------------------------------------------------- assignment, loss

@@ -83,6 +83,7 @@ __all__ = [
     "FasterRCNNConfig",
     "FasterRCNNOutputs",
     "RPNHead",
+    "RPNRoIBranch",
     "RoIExtractor",
     "RoIHead",
     "boxes_to_rois",
@@ -336,43 +337,34 @@ class RoIHead(nn.Module):
         return self.box_head(pooled)
 
 
-class FasterRCNN(nn.Module):
-    """Faster R-CNN: backbone, FPN, RPN and RoI head, with both stages' assignment,
-    sampling, losses and post-processing.
+class RPNRoIBranch(nn.Module):
+    """Faster R-CNN's two heads over any feature pyramid: the RPN, its proposals, the RoI
+    head, both stages' assignment and sampling, their losses and post-processing.
 
-    ``config.pretrained`` names the backbone weights a training run starts from (loaded
-    by the trainer through :meth:`load_backbone`, as for ATSS).
+    :class:`FasterRCNN` is this branch on a ResNet + FPN; Co-DETR attaches it to its
+    encoder's levels as an auxiliary branch. Only the head fields of ``config`` are read
+    (strides, anchors, thresholds, samplers, RoI pooling, losses).
 
     Args:
-        config: a :class:`FasterRCNNConfig`.
+        config: a :class:`FasterRCNNConfig`; ``fpn_channels`` is the channels of the
+            maps the branch receives.
     """
 
     def __init__(self, config: FasterRCNNConfig) -> None:
         super().__init__()
+        self._init_branch(config)
+
+    def _init_branch(self, config: FasterRCNNConfig) -> None:
         strides, roi_strides = tuple(config.strides), tuple(config.roi_strides)
-        if strides[:4] != (4, 8, 16, 32) or any(
-            b != 2 * a for a, b in zip(strides[:-1], strides[1:], strict=True)
-        ):
-            raise ValueError(f"strides must be 4, 8, 16, 32, then doubling, got {strides}")
+        if any(b != 2 * a for a, b in zip(strides[:-1], strides[1:], strict=True)):
+            raise ValueError(f"strides must double from level to level, got {strides}")
         if not roi_strides or roi_strides != strides[: len(roi_strides)]:
             raise ValueError(f"roi_strides must be the first of {strides}, got {roi_strides}")
-        if config.img_size % 32:
-            raise ValueError(f"img_size {config.img_size} must be a multiple of 32")
         if config.roi_bbox_loss not in ("l1", "giou") or (
             config.roi_bbox_loss == "giou" and not config.roi_reg_decoded
         ):
             raise ValueError("roi_bbox_loss must be 'l1', or 'giou' with roi_reg_decoded=True")
         self.config, self.name, self.num_classes = config, config.name, config.num_classes
-        self.backbone = ResNetBackbone(
-            config.depth,
-            out_stages=(2, 3, 4, 5),
-            width=config.backbone_width,
-            frozen_stages=config.frozen_stages,
-            norm_eval=config.norm_eval,
-        )
-        self.neck = FPN(
-            self.backbone.out_channels, config.fpn_channels, len(strides), extra="maxpool"
-        )
         self.rpn_head = RPNHead(config.fpn_channels, config.rpn_channels, config.num_anchors)
         self.roi_head = RoIHead(
             RoIExtractor(roi_strides, config.roi_size, config.roi_sampling_ratio,
@@ -380,27 +372,15 @@ class FasterRCNN(nn.Module):
             BoxHead(config.fpn_channels, config.roi_size, config.fc_channels, 2,
                     config.num_classes),
         )  # fmt: skip
-        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), False)
 
-    def load_backbone(self, state_dict: dict, source: str = "state dict") -> None:
-        """Load backbone weights (a torchvision ResNet state dict)."""
-        self.backbone.load_weights(state_dict, source)
-
-    # ---------------------------------------------------------------- forward
-    def forward(self, images: Tensor) -> FasterRCNNOutputs:
-        """The pyramid, the RPN's maps and the proposals (training or test settings by
-        ``self.training``).
-
-        Args:
-            images: (B, 3, H, W) RGB in [0, 1], H and W multiples of 32.
-        """
-        check_images(images, 32)
-        normalised = (images - self.pixel_mean) / self.pixel_std
-        features = self.neck(self.backbone(normalised))
+    def forward(self, features: list[Tensor], image_size: tuple[int, int]) -> FasterRCNNOutputs:
+        """The RPN's maps and the proposals on a pyramid (one map per stride of
+        ``config.strides``), training or test settings by ``self.training``."""
+        if len(features) != len(self.config.strides):
+            raise ValueError(f"expected {len(self.config.strides)} maps, got {len(features)}")
         objectness, deltas = self.rpn_head(features)
-        proposals, scores = self.propose(objectness, deltas, tuple(images.shape[-2:]))
-        return FasterRCNNOutputs(features, objectness, deltas, proposals, scores)
+        proposals, scores = self.propose(objectness, deltas, image_size)
+        return FasterRCNNOutputs(list(features), objectness, deltas, proposals, scores)
 
     # ------------------------------------------------- anchors and proposals
     def anchors(
@@ -556,6 +536,32 @@ class FasterRCNN(nn.Module):
         and deltas (N, 4 C)."""
         return self.roi_head(outputs.features, rois)
 
+    def rpn_losses(
+        self, outputs: FasterRCNNOutputs, assignment: FasterRCNNAssignment
+    ) -> dict[str, Tensor]:
+        """The RPN's loss: ``{"rpn_cls", "rpn_bbox"}`` (weights applied)."""
+        config = self.config
+        anchors, _ = self.anchors(self._check_outputs(outputs), assignment.gt_boxes.device)
+        objectness, deltas = self.flatten(outputs.objectness, outputs.deltas)
+        return rpn_loss(
+            objectness.float(), deltas.float(), anchors, assignment.rpn.gt_index,
+            assignment.rpn_sampled, assignment.gt_boxes, stds=config.rpn_stds,
+            cls_weight=config.rpn_cls_weight, bbox_weight=config.rpn_bbox_weight,
+        )  # fmt: skip
+
+    def roi_losses(
+        self, cls_logits: Tensor, deltas: Tensor, assignment: FasterRCNNAssignment
+    ) -> dict[str, Tensor]:
+        """The RoI head's loss on its outputs for ``assignment.rois``: ``{"roi_cls",
+        "roi_bbox", "roi_accuracy"}`` (weights applied; the accuracy in percent)."""
+        config = self.config
+        return roi_loss(
+            cls_logits.float(), deltas.float(), assignment.rois[:, 1:], assignment.roi_labels,
+            assignment.roi_targets, stds=config.roi_stds, cls_weight=config.roi_cls_weight,
+            bbox_weight=config.roi_bbox_weight, bbox_loss=config.roi_bbox_loss,
+            reg_decoded=config.roi_reg_decoded,
+        )  # fmt: skip
+
     def loss(
         self,
         outputs: FasterRCNNOutputs,
@@ -569,30 +575,9 @@ class FasterRCNN(nn.Module):
         """
         if assignment is None:
             assignment = self.assign(outputs, targets)
-        config = self.config
-        feature_sizes = self._check_outputs(outputs)
-        anchors, _ = self.anchors(feature_sizes, assignment.gt_boxes.device)
-        objectness, deltas = self.flatten(outputs.objectness, outputs.deltas)
-        losses = rpn_loss(
-            objectness.float(), deltas.float(), anchors, assignment.rpn.gt_index,
-            assignment.rpn_sampled, assignment.gt_boxes, stds=config.rpn_stds,
-            cls_weight=config.rpn_cls_weight, bbox_weight=config.rpn_bbox_weight,
-        )  # fmt: skip
+        losses = self.rpn_losses(outputs, assignment)
         cls_logits, roi_deltas = self.roi_forward(outputs, assignment.rois)
-        losses.update(
-            roi_loss(
-                cls_logits.float(),
-                roi_deltas.float(),
-                assignment.rois[:, 1:],
-                assignment.roi_labels,
-                assignment.roi_targets,
-                stds=config.roi_stds,
-                cls_weight=config.roi_cls_weight,
-                bbox_weight=config.roi_bbox_weight,
-                bbox_loss=config.roi_bbox_loss,
-                reg_decoded=config.roi_reg_decoded,
-            )  # fmt: skip
-        )
+        losses.update(self.roi_losses(cls_logits, roi_deltas, assignment))
         losses["loss"] = sum(
             losses[name] for name in ("rpn_cls", "rpn_bbox", "roi_cls", "roi_bbox")
         )
@@ -642,6 +627,59 @@ class FasterRCNN(nn.Module):
             )  # fmt: skip
             for boxes, scores in self.decode(outputs)
         ]
+
+
+class FasterRCNN(RPNRoIBranch):
+    """Faster R-CNN: backbone, FPN, RPN and RoI head, with both stages' assignment,
+    sampling, losses and post-processing.
+
+    ``config.pretrained`` names the backbone weights a training run starts from (loaded
+    by the trainer through :meth:`load_backbone`, as for ATSS).
+
+    Args:
+        config: a :class:`FasterRCNNConfig`.
+    """
+
+    def __init__(self, config: FasterRCNNConfig) -> None:
+        nn.Module.__init__(self)
+        strides = tuple(config.strides)
+        if strides[:4] != (4, 8, 16, 32) or any(
+            b != 2 * a for a, b in zip(strides[:-1], strides[1:], strict=True)
+        ):
+            raise ValueError(f"strides must be 4, 8, 16, 32, then doubling, got {strides}")
+        if config.img_size % 32:
+            raise ValueError(f"img_size {config.img_size} must be a multiple of 32")
+        self.backbone = ResNetBackbone(
+            config.depth,
+            out_stages=(2, 3, 4, 5),
+            width=config.backbone_width,
+            frozen_stages=config.frozen_stages,
+            norm_eval=config.norm_eval,
+        )
+        self.neck = FPN(
+            self.backbone.out_channels, config.fpn_channels, len(strides), extra="maxpool"
+        )
+        self._init_branch(config)
+        self.register_buffer("pixel_mean", torch.tensor(config.pixel_mean).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(config.pixel_std).view(1, 3, 1, 1), False)
+
+    def load_backbone(self, state_dict: dict, source: str = "state dict") -> None:
+        """Load backbone weights (a torchvision ResNet state dict)."""
+        self.backbone.load_weights(state_dict, source)
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, images: Tensor) -> FasterRCNNOutputs:
+        """The pyramid, the RPN's maps and the proposals (training or test settings by
+        ``self.training``).
+
+        Args:
+            images: (B, 3, H, W) RGB in [0, 1], H and W multiples of 32.
+        """
+        check_images(images, 32)
+        normalised = (images - self.pixel_mean) / self.pixel_std
+        return RPNRoIBranch.forward(
+            self, self.neck(self.backbone(normalised)), tuple(images.shape[-2:])
+        )
 
 
 def build_faster_rcnn_r50(num_classes: int = 80) -> FasterRCNN:
