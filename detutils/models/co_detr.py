@@ -423,8 +423,11 @@ class CoDETR(nn.Module):
             sizes = branch._check_outputs(outputs.atss)
             anchors, _ = branch.anchors(sizes, gt_boxes.device)
             batch = result.labels.shape[0]
-            rows = torch.arange(batch, device=gt_boxes.device)[:, None]
-            anchor_targets = gt_boxes[rows, result.gt_index.clamp(min=0)]
+            if gt_boxes.shape[1]:
+                rows = torch.arange(batch, device=gt_boxes.device)[:, None]
+                anchor_targets = gt_boxes[rows, result.gt_index.clamp(min=0)]
+            else:  # no box in the batch: no positive
+                anchor_targets = gt_boxes.new_zeros(batch, len(anchors), 4)
             queries["atss"] = positive_query_group(
                 anchors.expand(batch, -1, -1), result.labels, anchor_targets, **group
             )
@@ -570,10 +573,11 @@ class CoDETR(nn.Module):
 
 def padding_attention_mask(valid: Tensor, num_heads: int) -> Tensor:
     """(B, n) bool, the real queries -> (B heads, n, n) bool self-attention mask, True
-    where a query may not look: nobody looks at padding; a padding query looks at itself
-    only (a row with no key at all would give NaN)."""
-    batch, size = valid.shape
-    mask = (~valid)[:, None, :].expand(batch, size, size).clone()  # [B, n, n]: key j padding
+    where a query may not look: nobody looks at padding, and padding looks at no real
+    query (the reference's ``use_zero_padding`` mask), but every query at itself (a row
+    with no key at all would give NaN)."""
+    size = valid.shape[1]
+    mask = ~(valid[:, :, None] & valid[:, None, :])  # [B, n, n]: query i or key j padding
     diagonal = torch.arange(size, device=valid.device)
     mask[:, diagonal, diagonal] = False  # every query may look at itself
     return mask.repeat_interleave(num_heads, dim=0)
