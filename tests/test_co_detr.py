@@ -227,6 +227,9 @@ def test_assignment_has_one_record_per_branch():
     atss_group = assignment.queries["atss"]
     assert atss_group.positive.sum(1).tolist() == atss_positive.tolist()
     assert atss_group.index.shape[1] == max(9, int(atss_positive.max()))
+    assert list(assignment.by_branch()) == [
+        "one_to_one", "atss", "rpn", "roi", "roi_queries", "atss_queries",
+    ]  # fmt: skip
     rcnn = assignment.rcnn
     roi_positive = [int((rcnn.roi_labels[rcnn.rois[:, 0] == i] >= 0).sum()) for i in range(2)]
     assert assignment.queries["roi"].positive.sum(1).tolist() == roi_positive

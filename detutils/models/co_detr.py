@@ -42,8 +42,12 @@ twice. At test time only the one-to-one decoder runs: ``model.detr`` is the infe
 network, a :class:`DeformableDETR` with the base's parameter count, and its outputs are
 those of ``model`` (tested).
 
-Parameters at 80 classes (``build_co_deformable_detr_r50``): 41,367,436 for the inference
-network, 59,353,749 in all (tests/test_co_detr.py splits them by part).
+Parameters at 80 classes (``build_co_deformable_detr_r50``): 47,594,380 for the inference
+network (Deformable DETR R50 with box refinement and two stages, 41,213,836, plus the
+reference's feed-forward width 2048 in the encoder and decoder, 6,303,744, and mixed
+selection's 300 x 256 query content), 65,129,894 in all: the auxiliary conv 590,592, the
+RPN 601,645, the RoI head 14,306,705, the ATSS head 1,376,602, the positive queries'
+embedding 659,970 (tests/test_co_detr.py checks them by part).
 
 Reference: Sense-X/Co-DETR ``projects/configs/co_deformable_detr/
 co_deformable_detr_r50_1x_coco.py``, ``projects/models/co_detr.py``,
@@ -210,6 +214,20 @@ class CoDETRAssignment(NamedTuple):
     atss: ATSSAssignment | None  # ATSS on the pyramid's anchors
     rcnn: FasterRCNNAssignment | None  # the RPN's anchors, the RoI head's sampled proposals
     queries: dict[str, PositiveQueries]  # "roi", "atss": the positive query groups
+
+    def by_branch(self) -> dict[str, object]:
+        """The records by branch name: ``"one_to_one"`` (the DETR's assignment),
+        ``"atss"`` (the (B, A) ATSS result), ``"rpn"`` (the (B, A) max-IoU result and
+        the (B, A) sampled flags), ``"roi"`` (the sampled RoIs (N, 5), their labels and
+        target boxes), and ``"<head>_queries"`` for each positive query group."""
+        records: dict[str, object] = {"one_to_one": self.one_to_one}
+        if self.atss is not None:
+            records["atss"] = self.atss.assignment
+        if self.rcnn is not None:
+            records["rpn"] = (self.rcnn.rpn, self.rcnn.rpn_sampled)
+            records["roi"] = (self.rcnn.rois, self.rcnn.roi_labels, self.rcnn.roi_targets)
+        records.update({f"{name}_queries": group for name, group in self.queries.items()})
+        return records
 
 
 def positive_query_group(
