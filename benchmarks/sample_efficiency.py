@@ -99,6 +99,7 @@ def run_course_detector(name: str, data: Path, steps: int, every: int, threads: 
         "s_per_step": statistics.mean(step_times),
         "wall_minutes": (time.monotonic() - start) / 60,
         "img_size": schedule.img_size,
+        "snapshots": snapshots,
     }
 
 

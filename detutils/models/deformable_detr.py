@@ -32,6 +32,12 @@
    and every layer has its own heads; otherwise the heads are shared and the reference
    stays.
 
+Two options of DINO that Co-DETR's base uses (``detutils.models.co_detr``):
+``mixed_selection`` (two stages: the queries' positions from the best proposals, their
+content a learned embedding of (Q, D)) and ``look_forward_twice`` (with box refinement:
+a layer's boxes refine the previous layer's boxes before the detach, so that its loss
+also trains the previous layer's box head; the values do not change).
+
 Input: images (B, 3, H, W) RGB in [0, 1], H and W multiples of 64 (four levels down to
 stride 64); all images of a batch the same size (the course letterboxes), so no padding
 masks. The model normalises with the ImageNet mean and standard deviation, as ATSS.
