@@ -80,8 +80,9 @@ class TorchvisionPeer(nn.Module):
         return self.detector(list(outputs))
 
 
-def build_fcos_peer(num_classes: int) -> TorchvisionPeer:
-    """torchvision FCOS on the course preset's backbone (with its pre-trained weights)."""
+def peer_backbone(num_classes: int) -> tuple[nn.Module, BackboneWithFPN]:
+    """The course preset (its pre-trained weights loaded) and torchvision's backbone with
+    FPN made of the preset's ResNet: C3 to C5, P6 and P7 from P5's output."""
     course = build_detector(COURSE, num_classes=num_classes)
     load_pretrained(course)  # the same weights the course's run starts from
     body = course.backbone  # conv1, bn1, relu, maxpool, layer1..4: what the getter walks
@@ -94,6 +95,13 @@ def build_fcos_peer(num_classes: int) -> TorchvisionPeer:
         out_channels=channels,
         extra_blocks=LastLevelP6P7(channels, channels),  # P6 from P5's output, as the FPN
     )
+    return course, backbone
+
+
+def build_fcos_peer(num_classes: int) -> TorchvisionPeer:
+    """torchvision FCOS on the course preset's backbone (with its pre-trained weights)."""
+    course, backbone = peer_backbone(num_classes)
+    channels = course.config.fpn_channels
     size = schedules_for(COURSE)["cpu"].img_size
     detector = FCOS(
         backbone, num_classes, min_size=size, max_size=size,

@@ -69,12 +69,12 @@ from detutils.assigners.result import BACKGROUND
 from detutils.boxes import xyxy_to_cxcywh_norm
 from detutils.losses.detr import set_loss_on_targets
 from detutils.models.atss import ATSSAssignment, ATSSBranch, ATSSConfig, ATSSOutputs
-from detutils.models.backbones import CPU_PRESET_BACKBONE
 from detutils.models.deformable_detr import (
     DeformableDETR,
     DeformableDETRAssignment,
     DeformableDETRConfig,
     DeformableDETROutputs,
+    cpu_preset_config,
     inverse_sigmoid,
     proposal_position_embedding,
 )
@@ -639,22 +639,13 @@ def build_co_deformable_detr_r18half_d128(num_classes: int = 80) -> CoDETR:
     500 kept, a RoI head of two 256-wide layers sampling 128 RoIs, the ATSS head with
     one stacked conv; the positive query groups at most 100 per image. Auxiliary weight
     lambda_2 x 3 layers = 6."""
-    dims = 128
-    detr = DeformableDETRConfig(
+    detr = cpu_preset_config(
+        num_classes,
         name="co-deformable-detr-r18half-d128",
-        num_classes=num_classes,
-        **CPU_PRESET_BACKBONE,
-        embed_dims=dims,
-        num_encoder_layers=3,
-        num_decoder_layers=3,
-        ffn_dims=512,
-        dropout=0.0,
-        num_queries=100,
-        with_box_refine=True,
-        as_two_stage=True,
         mixed_selection=True,
         look_forward_twice=True,
     )
+    dims = detr.embed_dims
     rcnn = replace(
         _reference_rcnn(), num_classes=num_classes, fpn_channels=dims, rpn_channels=dims,
         fc_channels=256, train_nms_pre=1000, train_proposals=500, roi_num=128,

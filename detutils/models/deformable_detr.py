@@ -56,6 +56,7 @@ Transformers for End-to-End Object Detection", ICLR 2021.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -81,6 +82,7 @@ __all__ = [
     "build_deformable_detr_r18half_d128",
     "build_deformable_detr_r50",
     "build_deformable_detr_r50_refine_two_stage",
+    "cpu_preset_config",
     "encoder_reference_points",
     "inverse_sigmoid",
     "proposal_position_embedding",
@@ -757,22 +759,27 @@ def build_deformable_detr_r50_refine_two_stage(num_classes: int = 80) -> Deforma
     )
 
 
+def cpu_preset_config(num_classes: int = 80, **changes) -> DeformableDETRConfig:
+    """The configuration of the CPU preset ``deformable-detr-r18half-d128`` (see
+    :func:`build_deformable_detr_r18half_d128`), with ``changes`` applied."""
+    config = DeformableDETRConfig(
+        name="deformable-detr-r18half-d128",
+        num_classes=num_classes,
+        **CPU_PRESET_BACKBONE,
+        embed_dims=128,
+        num_encoder_layers=3,
+        num_decoder_layers=3,
+        ffn_dims=512,
+        dropout=0.0,
+        num_queries=100,
+        with_box_refine=True,
+        as_two_stage=True,
+    )
+    return dataclasses.replace(config, **changes)
+
+
 def build_deformable_detr_r18half_d128(num_classes: int = 80) -> DeformableDETR:
     """The CPU preset: ResNet-18 at half width from the course's pre-trained backbone,
     width 128 (FFN 512), 3 encoder and 3 decoder layers, 100 queries, box refinement and
     two stages, no dropout, every backbone stage trained."""
-    return DeformableDETR(
-        DeformableDETRConfig(
-            name="deformable-detr-r18half-d128",
-            num_classes=num_classes,
-            **CPU_PRESET_BACKBONE,
-            embed_dims=128,
-            num_encoder_layers=3,
-            num_decoder_layers=3,
-            ffn_dims=512,
-            dropout=0.0,
-            num_queries=100,
-            with_box_refine=True,
-            as_two_stage=True,
-        )
-    )
+    return DeformableDETR(cpu_preset_config(num_classes))
