@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_PARAMETERS",
     "MIN_VISIBLE",
     "render_sample",
+    "render_scene",
     "generate_shapes",
     "ensure_shapes",
     "course_root",
@@ -329,6 +330,72 @@ def render_sample(seed: int, split: str, index: int, size: int = 320):
             {"label": item["label"], "bbox": box, "area": area, "full_area": item["full_area"]}
         )
     return image, owner, objects
+
+
+def render_scene(
+    objects: list[tuple[str | int, float, float, float]],
+    size: int = 320,
+    seed: int = 0,
+    distractors: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw a scene of chosen objects, in the set's style: a fixture for a lesson.
+
+    Objects are painted in the order given, each over the ones before, on a textured
+    background (with distractor strokes unless ``distractors=False``); an object may
+    lie partly outside the image (it is cut by the border) or be partly hidden. Each
+    box is the tight box of the object's visible pixels, as in the set.
+
+    Args:
+        objects: ``(label, cx, cy, side)`` per object: a class name of
+            ``CLASS_NAMES`` or its index, the centre in px and the longer box side in
+            px (rotation and stretch are drawn from ``seed``).
+        size: image side in px.
+        seed: seed of the background, the colours and the shapes' poses.
+
+    Returns:
+        image (size, size, 3) uint8 RGB, boxes (M, 4) float32 xyxy px and labels (M,)
+        int64, one per object, in the order given.
+
+    Raises:
+        ValueError: an unknown class, a side under 2 px, or an object that ends with
+            no visible pixel (outside the image or hidden by later ones), by index.
+    """
+    rng = np.random.default_rng([seed, 7])
+    canvas = Image.fromarray(_background(rng, size))
+    if distractors:
+        _draw_distractors(rng, canvas)
+    image = np.array(canvas)
+    owner = np.full((size, size), -1, dtype=np.int16)
+    labels = []
+    for index, (label, cx, cy, side) in enumerate(objects):
+        if isinstance(label, str):
+            if label not in CLASS_NAMES:
+                raise ValueError(f"object {index}: unknown class {label!r}, not in {CLASS_NAMES}")
+            label = CLASS_NAMES.index(label)
+        if not 0 <= int(label) < len(CLASS_NAMES):
+            raise ValueError(
+                f"object {index}: class index {label} outside 0..{len(CLASS_NAMES) - 1}"
+            )
+        if side < 2:
+            raise ValueError(f"object {index}: side {side} px is under 2 px")
+        mask = _shape_mask(rng, CLASS_NAMES[int(label)], float(side))
+        top, left = int(round(cy - mask.shape[0] / 2)), int(round(cx - mask.shape[1] / 2))
+        slices = _paste_slices(mask.shape, top, left, size)
+        if slices is None:
+            raise ValueError(f"object {index} at ({cx}, {cy}) lies wholly outside the image")
+        region_slices, mask_slices = slices
+        local = mask[mask_slices]
+        _paint(rng, image, region_slices, local, side)
+        owner[region_slices][local] = index
+        labels.append(int(label))
+    boxes = np.zeros((len(objects), 4), dtype=np.float32)
+    whole = (slice(0, size), slice(0, size))
+    for index in range(len(objects)):
+        if not (owner == index).any():
+            raise ValueError(f"object {index} has no visible pixel: later objects hide it")
+        (x, y, w, h), _ = _visible_box(owner, index, whole)
+        boxes[index] = (x, y, x + w, y + h)
+    return image, boxes, np.asarray(labels, dtype=np.int64)
 
 
 def _render_chunk(task: tuple) -> list[list[dict]]:
