@@ -10,7 +10,7 @@ NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 # Tests and nbval: one torch thread and the quick schedule, so stored outputs reproduce.
 TEST_ENV := DETUTILS_SCHEDULE=ci DETUTILS_NUM_THREADS=1 OMP_NUM_THREADS=1 MPLBACKEND=Agg
 
-.PHONY: setup run test lint unit nbval lab refresh exercises clean
+.PHONY: setup run site test lint unit nbval lab refresh exercises clean
 
 setup: $(STAMP)
 
@@ -21,6 +21,10 @@ $(STAMP): pyproject.toml
 
 run: $(STAMP)
 	$(BIN)/python -m detutils.course run
+
+# The course's web site from the stored notebooks, in seconds: build/site/index.html.
+site: $(STAMP)
+	$(BIN)/python -m detutils.course site
 
 test: $(STAMP)
 	@start=$$(date +%s); \

@@ -20,13 +20,21 @@ its last weights (``benchmarks/ultralytics_peer.py``; needs
 ``pip install -e '.[bench]'``). A benchmark run should have the machine to itself:
 another job on the same cores slows whichever model runs beside it.
 
-Writes ``sample_efficiency.csv`` (one row per detector and snapshot) into ``--out``.
+Writes ``sample_efficiency.csv`` (one row per detector and snapshot) into ``--out``,
+and, as each detector finishes, its record ``<detector>.json`` into ``--results``
+(default ``results/sample_efficiency/``, kept in the repository): the preset, its
+parameters, the schedule's batch and image size, the threads, the CPU, the mean step
+time, the load average around the run, and the COCO metrics of every snapshot.
+Notebook 91 reads these records to build the course's results table.
 """
 
 import argparse
 import copy
 import dataclasses
+import datetime
+import json
 import os
+import platform
 import statistics
 import sys
 import time
@@ -99,8 +107,50 @@ def run_course_detector(name: str, data: Path, steps: int, every: int, threads: 
         "s_per_step": statistics.mean(step_times),
         "wall_minutes": (time.monotonic() - start) / 60,
         "img_size": schedule.img_size,
+        "batch_size": schedule.batch_size,
+        "parameters": sum(p.numel() for p in model.parameters()),
         "snapshots": snapshots,
     }
+
+
+def cpu_name() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def write_record(folder: Path, name: str, result: dict, threads: int, load: list[float]) -> Path:
+    """One detector's record of this run, as JSON: what notebook 91 reads."""
+    import torch
+
+    record = {
+        "detector": name,
+        "parameters": result["parameters"],
+        "img_size": result["img_size"],
+        "batch_size": result["batch_size"],
+        "steps": max(result["metrics"]),
+        "threads": threads,
+        "dtype": "float32",
+        "s_per_step": round(result["s_per_step"], 4),
+        "wall_minutes": round(result["wall_minutes"], 2),
+        "load_average": [round(x, 2) for x in load],
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+        "metrics": {str(step): {k: round(float(v), 4) for k, v in metrics.items()}
+                    for step, metrics in sorted(result["metrics"].items())},
+    }  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    path.write_text(json.dumps(record, indent=1) + "\n")
+    return path
 
 
 def run_peer(data: Path, out: Path, img_size: int, steps: int, every: int, threads: int):
@@ -127,6 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--peer", action="store_true", help="also ultralytics' YOLOv8n")
     parser.add_argument("--data", type=Path, default=Path("data/shapes"))
     parser.add_argument("--out", type=Path, default=Path("runs/sample-efficiency"))
+    parser.add_argument("--results", type=Path, default=Path("results/sample_efficiency"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     args = parser.parse_args(argv)
@@ -140,9 +191,15 @@ def main(argv: list[str] | None = None) -> int:
 
     results = {}
     for name in args.models:
+        load = os.getloadavg()[0]
         results[name] = run_course_detector(
             name, data, args.steps, args.every, args.threads, args.set
         )
+        if not args.set:  # a record is the detector's own schedule, nothing overridden
+            path = write_record(
+                args.results, name, results[name], args.threads, [load, os.getloadavg()[0]]
+            )
+            print(f"record: {path}", flush=True)
     if args.peer:  # at the image size the course's YOLOv8n trained at in this run
         preset = schedules_for("yolov8n")["cpu"]
         size = preset.replace(**parse_overrides(preset, args.set)).img_size

@@ -6,6 +6,7 @@ paired with ``notebooks/NN_topic.ipynb`` that holds the stored outputs nbval che
     python -m detutils.course refresh [NOTEBOOK ...]   # .py -> .ipynb, executed in place
     python -m detutils.course exercises                # student versions in notebooks/exercises/
     python -m detutils.course run [--build build]      # data, then every notebook into build/
+    python -m detutils.course site [--out build/site]  # the web site of the stored notebooks
 
 Exercises follow nbgrader's convention, so a teacher can grade them with nbgrader
 (the README says how). In the source (``NN_topic.py``):
@@ -49,6 +50,12 @@ __all__ = [
     "make_exercise",
     "exercise_network",
     "run_course",
+    "notebook_title",
+    "readme_course_map",
+    "course_title",
+    "course_index",
+    "site_notebooks",
+    "build_site",
     "main",
 ]
 
@@ -64,6 +71,9 @@ NBGRADER_SCHEMA_VERSION = 3
 # Execution budget of one notebook (seconds); training notebooks on the full schedule
 # may take much longer, so `run` uses no limit.
 REFRESH_TIMEOUT = 1800
+# Topics of notebooks that are not ``NN_<detector>_training`` but train detectors in the
+# lesson, so that they store a ``cpu`` run too (see ``stored_schedule``).
+TRAINS_IN_LESSON = ("assigners_side_by_side",)
 
 
 def setup(seed: int = 0, threads: int | None = None, verbose: bool = True) -> dict:
@@ -174,13 +184,16 @@ def _drop_widget_state(nb) -> None:
 def stored_schedule(source: Path) -> str:
     """The schedule whose outputs a notebook stores: ``cpu`` for training notebooks.
 
-    A training notebook (``NN_<detector>_training``, and ``NN_pretraining_...``) shows a
+    A training notebook (``NN_<detector>_training``, ``NN_pretraining_...``, and the
+    notebooks of ``TRAINS_IN_LESSON``, which train detectors along the way) shows a
     real CPU run to its readers, and marks the cells that depend on it
     ``# NBVAL_IGNORE_OUTPUT``, so that nbval can re-run it on the quick ``ci`` schedule;
     every other notebook stores ``ci``.
     """
     stem = Path(source).stem
-    return "cpu" if stem.endswith("_training") or stem[3:].startswith("pretraining") else "ci"
+    topic = stem[3:]
+    trains = stem.endswith("_training") or topic.startswith("pretraining")
+    return "cpu" if trains or topic in TRAINS_IN_LESSON else "ci"
 
 
 def refresh_notebook(
@@ -404,8 +417,9 @@ def exercise_network(
 def run_course(build: Path, data_root: Path, schedule: str | None = None) -> Path:
     """Build the data, execute every notebook in order, write ``build/``.
 
-    ``build/notebooks/`` gets the executed notebooks, ``build/html/`` their HTML
-    rendering and ``build/results.csv`` one row per notebook (seconds, status).
+    ``build/notebooks/`` gets the executed notebooks, ``build/site/`` the course's web
+    site made from them (``build_site``; open ``build/site/index.html``) and
+    ``build/results.csv`` one row per notebook (seconds, status).
 
     Returns:
         the path of ``results.csv``.
@@ -413,14 +427,12 @@ def run_course(build: Path, data_root: Path, schedule: str | None = None) -> Pat
     import jupytext
     import nbformat
     import pandas as pd
-    from nbconvert import HTMLExporter
 
     from detutils.data.shapes import ensure_shapes
 
     schedule = schedule or current_schedule()
     build = Path(build)
     (build / "notebooks").mkdir(parents=True, exist_ok=True)
-    (build / "html").mkdir(parents=True, exist_ok=True)
     print(f"data: {ensure_shapes(data_root)}", flush=True)
     rows = []
     for source in course_notebooks():
@@ -433,18 +445,216 @@ def run_course(build: Path, data_root: Path, schedule: str | None = None) -> Pat
             status = f"failed: {type(error).__name__}"
         seconds = time.perf_counter() - start
         nbformat.write(nb, build / "notebooks" / f"{source.stem}.ipynb")
-        html, _ = HTMLExporter().from_notebook_node(nb)
-        (build / "html" / f"{source.stem}.html").write_text(html, encoding="utf-8")
         rows.append({"notebook": source.stem, "seconds": round(seconds, 1), "status": status})
         print(f"{source.stem:40s} {seconds:7.1f} s  {status}", flush=True)
     results = build / "results.csv"
     pd.DataFrame(rows).to_csv(results, index=False)
     failed = [r["notebook"] for r in rows if r["status"] != "ok"]
-    print(f"\nExecuted notebooks: {build / 'notebooks'}\nHTML: {build / 'html'}")
+    index = build_site(build / "notebooks", build / "site", NOTEBOOK_DIR / "exercises")
+    print(f"\nExecuted notebooks: {build / 'notebooks'}\nSite: {index}")
     print(f"Results table: {results}")
     if failed:
         raise RuntimeError(f"notebooks failed: {', '.join(failed)} (see {build / 'notebooks'})")
     return results
+
+
+# The course's web site: Jupyter Book (Sphinx, MyST-NB) renders the stored notebooks.
+SITE_CONFIG = {
+    "author": "",
+    "copyright": "",
+    "only_build_toc_files": True,
+    "execute": {"execute_notebooks": "off"},  # the stored outputs, never a kernel
+    "html": {"home_page_in_navbar": True, "use_multitoc_numbering": False},
+    "sphinx": {"config": {"html_show_copyright": False}},
+}
+SITE_EXERCISES = "_exercises"  # where the staged book keeps the student versions
+
+
+def notebook_title(nb, default: str = "") -> str:
+    """The text of the first markdown heading of ``nb``, or ``default`` if it has none."""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            for line in cell.source.splitlines():
+                match = re.match(r"^#{1,6}\s+(.+?)[\s#]*$", line)
+                if match:
+                    return match.group(1)
+    return default
+
+
+def _first_sentence(nb) -> str:
+    """The first sentence of the first markdown paragraph that is not a heading."""
+    for cell in nb.cells:
+        if cell.cell_type != "markdown":
+            continue
+        for paragraph in re.split(r"\n\s*\n", cell.source):
+            text = " ".join(paragraph.split())
+            if text and not text.startswith("#"):
+                return re.split(r"(?<=[.!?])\s", text, maxsplit=1)[0]
+    return ""
+
+
+def readme_course_map(readme: Path = REPO_ROOT / "README.md") -> dict[str, dict[str, str]]:
+    """The rows of the README's "Course map" table, by notebook name.
+
+    Returns:
+        ``{"01_boxes_and_iou": {"you will learn to": ..., "CPU time": ...}, ...}``, the
+        columns after the first as the README names them; empty without a README.
+    """
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    section = re.search(r"^## Course map\n(.*?)(?=^## |\Z)", text, re.M | re.S)
+    rows, header = {}, None
+    for line in section.group(1).splitlines() if section else []:
+        if not line.startswith("|"):
+            continue
+        cells = [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        if header is None:
+            header = cells
+        elif (name := re.search(r"\d\d_[a-z0-9_]+", cells[0])) is not None:
+            rows[name.group(0)] = dict(zip(header[1:], cells[1:], strict=False))
+    return rows
+
+
+def course_title(readme: Path = REPO_ROOT / "README.md") -> str:
+    """The course's name: the README's first heading."""
+    readme = Path(readme)
+    text = readme.read_text(encoding="utf-8") if readme.is_file() else ""
+    match = re.search(r"^# (.+)$", text, re.M)
+    return match.group(1).strip() if match else "The course"
+
+
+def course_index(pages: list[tuple[str, str, str, str]], title: str) -> str:
+    """The site's index page (MyST markdown): the course map, one row per notebook.
+
+    Args:
+        pages: ``(name, title, what it teaches, CPU time)`` of every notebook, in
+            course order; the page of ``name`` is ``name.ipynb``.
+        title: the page's heading.
+    """
+    lines = [
+        f"# {title}",
+        "",
+        "Every notebook of the course, in course order, with the outputs and figures it",
+        "stores. Each page offers its student version, the notebook whose exercises are",
+        "left for you to do: download it and open it in Jupyter.",
+        "",
+        "## Course map",
+        "",
+        "| notebook | you will learn to | CPU time |",
+        "| --- | --- | --- |",
+    ]
+    for name, page_title, description, cpu_time in pages:
+        link = re.sub(r"([\[\]|])", r"\\\1", page_title)
+        lines.append(f"| [{link}]({name}.ipynb) | {description} | {cpu_time} |")
+    return "\n".join(lines) + "\n"
+
+
+def _student_link(name: str) -> str:
+    """The markdown cell that offers a notebook's student version as a download."""
+    return (
+        "```{admonition} Student version\n"
+        f"{{download}}`Download {name}.ipynb <{SITE_EXERCISES}/{name}.ipynb>`: this notebook "
+        "with the exercises left for you to do, to open in Jupyter. It is "
+        f"`notebooks/exercises/{name}.ipynb` in the course's repository.\n```"
+    )
+
+
+def site_notebooks(notebook_dir: Path) -> list[Path]:
+    """The executed ``NN_topic.ipynb`` of a folder, in course order.
+
+    A folder of sources (``notebooks/``) gives the ``.ipynb`` beside each of its
+    ``course_notebooks``; a folder of executed notebooks only (``build/notebooks/``) its
+    ``NN_topic.ipynb`` files.
+    """
+    notebook_dir = Path(notebook_dir)
+    names = {source.stem for source in course_notebooks(notebook_dir)}
+    names |= {p.stem for p in notebook_dir.glob("*.ipynb") if NOTEBOOK_PATTERN.match(p.stem)}
+    found = [notebook_dir / f"{name}.ipynb" for name in sorted(names)]
+    for missing in (p for p in found if not p.is_file()):
+        print(f"no stored {missing.name}, left out of the site (make refresh)", file=sys.stderr)
+    return [p for p in found if p.is_file()]
+
+
+def build_site(notebook_dir: Path, out: Path, exercises_dir: Path | None = None) -> Path:
+    """Build the course's web site from executed notebooks with Jupyter Book.
+
+    Nothing is executed: each ``NN_topic.ipynb`` of ``notebook_dir`` becomes a page with
+    the outputs and figures it stores, after an index page with the course map (each
+    notebook's title, its first markdown heading, and what it teaches, from the README's
+    "Course map" or else the notebook's first sentence). A sidebar and previous / next
+    links join the pages; each page offers its student version as a download. The book
+    (copies of the notebooks, ``index.md``, ``_config.yml``, ``_toc.yml``) is staged in a
+    temporary folder and built by ``jupyter-book`` run with this Python.
+
+    Args:
+        notebook_dir: folder of executed notebooks (``notebooks/``, ``build/notebooks/``).
+        out: the site's folder; an earlier site there is replaced, anything else refused.
+        exercises_dir: the student versions, ``NN_topic.ipynb``; default
+            ``notebook_dir / "exercises"``. A notebook without one gets no link.
+
+    Returns:
+        the path of the site's ``index.html``.
+
+    Raises:
+        FileNotFoundError: ``notebook_dir`` holds no course notebook.
+        FileExistsError: ``out`` holds files that are not an earlier site.
+        RuntimeError: the build failed (its messages are in the error).
+    """
+    import shutil
+    import subprocess
+    import tempfile
+
+    import nbformat
+    import yaml
+
+    notebooks = site_notebooks(notebook_dir)
+    if not notebooks:
+        raise FileNotFoundError(f"no NN_topic.ipynb notebooks in {notebook_dir}")
+    exercises_dir = Path(exercises_dir or Path(notebook_dir) / "exercises")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / ".buildinfo").is_file():
+        raise FileExistsError(f"{out} holds files that are not a site built here; not replaced")
+    course_map, title = readme_course_map(), course_title()
+    with tempfile.TemporaryDirectory(prefix="detutils-site-") as tmp:
+        book = Path(tmp) / "book"
+        (book / SITE_EXERCISES).mkdir(parents=True)
+        pages = []
+        for path in notebooks:
+            nb = nbformat.read(path, as_version=4)
+            name = path.stem
+            row = course_map.get(name, {})
+            description = row.get("you will learn to") or _first_sentence(nb)
+            pages.append((name, notebook_title(nb, name), description, row.get("CPU time", "")))
+            student = exercises_dir / f"{name}.ipynb"
+            if student.is_file():
+                shutil.copyfile(student, book / SITE_EXERCISES / student.name)
+                heading = next(
+                    (i for i, cell in enumerate(nb.cells) if cell.cell_type == "markdown"), -1
+                )
+                nb.cells.insert(heading + 1, nbformat.v4.new_markdown_cell(_student_link(name)))
+            nbformat.write(nb, book / path.name)
+        (book / "index.md").write_text(course_index(pages, title), encoding="utf-8")
+        config = {"title": title, **SITE_CONFIG}
+        toc = {"format": "jb-book", "root": "index",
+               "chapters": [{"file": page[0]} for page in pages]}  # fmt: skip
+        for file_name, content in (("_config.yml", config), ("_toc.yml", toc)):
+            text = yaml.safe_dump(content, allow_unicode=True, sort_keys=False)
+            (book / file_name).write_text(text, encoding="utf-8")
+        command = [
+            sys.executable, "-c", "from jupyter_book.cli.main import main; main()",
+            "build", str(book), "--path-output", tmp, "--quiet",
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, cwd=tmp)
+        html = Path(tmp) / "_build" / "html"
+        if done.returncode != 0 or not (html / "index.html").is_file():
+            raise RuntimeError(f"jupyter-book failed:\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+        if done.stderr.strip():
+            print(done.stderr.strip(), file=sys.stderr)  # Sphinx's warnings
+        if out.exists():
+            shutil.rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(html, out)
+    return out / "index.html"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -462,6 +672,15 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--build", type=Path, default=REPO_ROOT / "build")
     run.add_argument("--data", type=Path, default=REPO_ROOT / "data" / "shapes")
     run.add_argument("--schedule", choices=["ci", "cpu", "gpu"], default=None)
+    site = commands.add_parser(
+        "site", help="build the web site from executed notebooks, in seconds (nothing runs)"
+    )
+    site.add_argument("--notebooks", type=Path, default=NOTEBOOK_DIR)
+    site.add_argument("--out", type=Path, default=REPO_ROOT / "build" / "site")
+    site.add_argument(
+        "--exercises", type=Path, default=None,
+        help="student versions; default NOTEBOOKS/exercises, else notebooks/exercises",
+    )  # fmt: skip
     args = parser.parse_args(argv)
 
     if args.command == "refresh":
@@ -473,6 +692,17 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "exercises":
         for target in write_exercises():
             print(target)
+    elif args.command == "site":
+        exercises = args.exercises or args.notebooks / "exercises"
+        if args.exercises is None and not exercises.is_dir():
+            exercises = NOTEBOOK_DIR / "exercises"  # build/notebooks has none of its own
+        start = time.perf_counter()
+        try:
+            index = build_site(args.notebooks, args.out, exercises)
+        except (OSError, RuntimeError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 1
+        print(f"Site: {index} ({time.perf_counter() - start:.0f} s)")
     else:
         try:
             run_course(args.build, args.data, args.schedule)

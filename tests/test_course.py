@@ -119,6 +119,7 @@ def test_training_notebooks_store_a_cpu_run():
     assert stored_schedule("notebooks/13_yolov3_training.py") == "cpu"
     assert stored_schedule("notebooks/11_yolov3_targets.py") == "ci"
     assert stored_schedule("notebooks/04_pretraining_a_backbone.py") == "cpu"
+    assert stored_schedule("notebooks/90_assigners_side_by_side.py") == "cpu"
 
 
 def test_readme_course_map_lists_every_notebook():
