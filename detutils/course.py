@@ -397,7 +397,10 @@ def exercise_network(
     elif checkpoint.is_file() and plan_file.is_file() and plan_file.read_text() == plan:
         state = load_checkpoint(checkpoint, model_name=model_name)
         model.load_state_dict(inference_state_dict(state))
-        print(f"loaded the exercise network from {checkpoint.relative_to(out_dir.parents[1])}")
+        print(
+            f"loaded the exercise network from {checkpoint.relative_to(out_dir.parents[1])} "
+            f"({state['iteration']} steps)"
+        )
     else:
         start = time.perf_counter()
         result = train(

@@ -335,13 +335,15 @@ def positives_summary(records: dict[str, Positives], num_boxes: int):
 # ------------------------------------------------------------------ figure
 def draw_positives(
     ax, image: Any, gt_boxes: Tensor, record: Positives, level: int | None = None,
-    title: str | None = None, box_outline: bool = False,
+    title: str | None = None, box_outline: bool = False, faded: bool = True,
 ):  # fmt: skip
     """Draw the ground truth and one level's positives (all levels with ``level=None``).
 
     Each positive is a dot at its box's centre in its ground-truth box's colour (the
     box's index picks the colour), with its box outlined when ``box_outline``; boxes
-    without a positive on this level are drawn dashed.
+    without a positive on this level are drawn dashed. With ``faded`` the image is shown
+    in light grey, so that the colours are the boxes' alone (and a figure of many panels
+    stays small).
 
     Returns:
         ``ax``.
@@ -349,7 +351,11 @@ def draw_positives(
     from detutils.viz import class_color, image_to_array
 
     array = image_to_array(image)
-    ax.imshow(array)
+    if faded:
+        grey = (array.astype("float32").mean(axis=-1) / 255 * 4).round() / 4  # 5 tones
+        ax.imshow(0.6 + 0.4 * grey, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
+    else:
+        ax.imshow(array)
     ax.set_xticks([]), ax.set_yticks([])
     mine = torch.ones(len(record.gt_index), dtype=torch.bool)
     if level is not None:
