@@ -24,7 +24,9 @@ Writes ``sample_efficiency.csv`` (one row per detector and snapshot) into ``--ou
 and, as each detector finishes, its record ``<detector>.json`` into ``--results``
 (default ``results/sample_efficiency/``, kept in the repository): the preset, its
 parameters, the schedule's batch and image size, the threads, the CPU, the mean step
-time, the load average around the run, and the COCO metrics of every snapshot.
+time, the load average before, during (at each snapshot) and after training, the
+process's CPU time per second of training (about the thread count when the run had
+the cores to itself), and the COCO metrics of every snapshot.
 Notebook 91 reads these records to build the course's results table.
 """
 
@@ -87,18 +89,21 @@ def run_course_detector(name: str, data: Path, steps: int, every: int, threads: 
     schedule = schedule.replace(**parse_overrides(schedule, sets))
     seed_everything(schedule.seed)  # as the command line does, before building the model
     model = build_detector(name, num_classes=train_set.num_classes)
-    snapshots, stamps = {}, []
+    snapshots, stamps, loads = {}, [], []
+    cpu_start, wall_start = time.process_time(), time.monotonic()
 
     def keep(step: int, network: torch.nn.Module) -> None:
         stamps.append(time.monotonic())
         if step % every == 0:
             snapshots[step] = copy.deepcopy(network).to(memory_format=torch.contiguous_format)
+            loads.append(os.getloadavg()[0])  # what else the machine was doing meanwhile
 
     print(f"{name}: {schedule}", flush=True)
     train(
         model, build_train_set(train_set, schedule), schedule, progress=False,
         context=init_distributed("cpu"), on_step=keep,
     )  # fmt: skip
+    cpu_per_wall = (time.process_time() - cpu_start) / (stamps[-1] - wall_start)
     metrics = _score(snapshots, val_set, schedule.img_size)
     step_times = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     step_times = step_times[5:] or step_times  # the first steps warm the caches up
@@ -109,6 +114,8 @@ def run_course_detector(name: str, data: Path, steps: int, every: int, threads: 
         "img_size": schedule.img_size,
         "batch_size": schedule.batch_size,
         "parameters": sum(p.numel() for p in model.parameters()),
+        "load_during": loads,
+        "cpu_per_wall": cpu_per_wall,
         "snapshots": snapshots,
     }
 
@@ -139,6 +146,8 @@ def write_record(folder: Path, name: str, result: dict, threads: int, load: list
         "s_per_step": round(result["s_per_step"], 4),
         "wall_minutes": round(result["wall_minutes"], 2),
         "load_average": [round(x, 2) for x in load],
+        "load_during_training": [round(x, 2) for x in result.get("load_during", [])],
+        "cpu_per_wall": round(result.get("cpu_per_wall", float("nan")), 2),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
