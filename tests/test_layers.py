@@ -32,6 +32,7 @@ LAYER_OF = {
     "detutils.data": "data",
     "detutils.engine": "engine",
     "detutils.viz": "top",
+    "detutils.positives": "top",  # a teaching helper: reads every detector's assignment
     "detutils.course": "top",
     "detutils.train": "top",
     "detutils.evaluate": "top",
