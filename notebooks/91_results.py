@@ -119,7 +119,9 @@ significant(table, 3)
 # training near its thread count and about as many CPU seconds per second; a higher
 # load, or fewer CPU seconds per second, means other work shared the cores and the
 # step time is longer than the machine's own (the first records have no such figures,
-# shown as NaN):
+# shown as NaN). The records stored with the course now were made while other jobs
+# shared the two cores: read their AP, not their step times, and re-run the benchmark on
+# a quiet machine for step times to compare.
 
 # %%
 machines = pd.DataFrame({
@@ -178,10 +180,12 @@ significant(curves, 3)
 # - **The dense one-stage detectors with a pre-trained backbone** (ATSS) and the
 #   two-stage Faster R-CNN learn fastest per step on these shapes: a good backbone and
 #   many positives per box (notebook 90) give every step a strong signal.
-# - **The DETRs** learn slowest: one positive query per box and a set loss that first
-#   has to sort out which query takes which box (notebooks 61 to 63). Co-DETR's
-#   auxiliary heads hand the encoder many more positives (notebook 70); on a budget
-#   this short, notebook 72 shows where that helps and where it does not yet.
+# - **The DETRs** learn slowest (notebooks 63 and 72 show their curves from their own
+#   runs; the table holds them once their records are made): one positive query per box
+#   and a set loss that first has to sort out which query takes which box (notebooks 61
+#   and 62). Co-DETR's auxiliary heads hand the encoder many more positives (notebook
+#   70); on a budget this short, notebook 72 shows where that helps and where it does
+#   not yet.
 # - **YOLOv3-tiny, NanoDet-m and YOLOv8n** start from random weights, as their
 #   references do: they begin slowly and then climb.
 #
