@@ -183,6 +183,12 @@ def test_exercise_network_prefers_the_lesson_run_then_its_own_cached_one(tmp_pat
     save_checkpoint({**state, "iteration": 500}, lesson / "last.pt")
     exercise_network("yolov8n", root, schedule_name="ci", out_dir=out, lesson_run=lesson)
     assert "the lesson's run (500 steps)" in capsys.readouterr().out
+    # a run on another schedule (here the cpu schedule's size) does not stand in for it
+    other = tmp_path / "other"
+    cpu_size = {**state["schedule"], "img_size": 320}
+    save_checkpoint({**state, "iteration": 500, "schedule": cpu_size}, other / "last.pt")
+    exercise_network("yolov8n", root, schedule_name="ci", out_dir=out, lesson_run=other)
+    assert "loaded the exercise network" in capsys.readouterr().out
     # another model's checkpoint is refused, naming the file
     with pytest.raises(Exception, match="holds model 'yolov8n', not 'nanodet-m'"):
         exercise_network("nanodet-m", root, schedule_name="ci", out_dir=out, lesson_run=lesson)
