@@ -133,8 +133,6 @@ def cpu_name() -> str:
 
 def write_record(folder: Path, name: str, result: dict, threads: int, load: list[float]) -> Path:
     """One detector's record of this run, as JSON: what notebook 91 reads."""
-    import torch
-
     record = {
         "detector": name,
         "parameters": result["parameters"],

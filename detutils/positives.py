@@ -26,6 +26,7 @@ from detutils.boxes import box_iou_aligned, cxcywh_norm_to_xyxy
 __all__ = [
     "Positives",
     "draw_positives",
+    "level_order",
     "positives_of",
     "positives_summary",
     "positives_table",
@@ -133,12 +134,13 @@ def _nanodet(model, outputs, assignment, targets, image) -> dict[str, Positives]
 
 
 def _yolov8(model, outputs, assignment, targets, image) -> dict[str, Positives]:
-    _, _, points, point_strides = model.flatten(outputs)
+    _, _, _, point_strides = model.flatten(outputs)  # anchor points level by level
     with torch.no_grad():
         predicted, _ = model.decode(outputs)  # (B, A, 4) xyxy px
     positive = assignment.fg_mask[image].bool().cpu()
     strides = list(model.config.strides)
-    level = torch.tensor([strides.index(int(s)) for s in point_strides.cpu().tolist()])
+    _, per_level = torch.unique_consecutive(point_strides.cpu(), return_counts=True)
+    level = _level_of(per_level.tolist())
     result = _make(
         assignment.gt_index[image].cpu()[positive], level[positive],
         predicted[image].detach().cpu()[positive], torch.nonzero(positive).flatten(),
@@ -275,7 +277,7 @@ def positives_of(
 
 
 # ------------------------------------------------------------------ tables
-def _level_order(name: str) -> tuple[int, int]:
+def level_order(name: str) -> tuple[int, int]:
     """Strides in increasing order, other names (``queries``) after them."""
     if name.startswith("stride "):
         return 0, int(name.split()[1])
@@ -295,7 +297,7 @@ def positives_table(records: dict[str, Positives], num_boxes: int):
     columns = []
     for record in records.values():
         columns += [name for name in record.levels if name not in columns]
-    columns.sort(key=_level_order)
+    columns.sort(key=level_order)
     rows = []
     for name, record in records.items():
         for box in range(num_boxes):
@@ -348,7 +350,7 @@ def draw_positives(
     Returns:
         ``ax``.
     """
-    from detutils.viz import class_color, image_to_array
+    from detutils.viz import _draw_rectangle, class_color, image_to_array
 
     array = image_to_array(image)
     if faded:
@@ -363,24 +365,15 @@ def draw_positives(
     gt_boxes = torch.as_tensor(gt_boxes).float().cpu().reshape(-1, 4)
     for index, box in enumerate(gt_boxes.tolist()):
         has = bool((mine & (record.gt_index == index)).any())
-        ax.add_patch(plt_rectangle(box, class_color(index), "-" if has else "--"))
+        _draw_rectangle(ax, box, class_color(index), linestyle="-" if has else "--", linewidth=1.5)
     boxes, owners = record.boxes[mine], record.gt_index[mine]
     centres = (boxes[:, :2] + boxes[:, 2:]) / 2
     for (cx, cy), owner, box in zip(centres.tolist(), owners.tolist(), boxes.tolist(),
                                     strict=True):  # fmt: skip
         ax.plot(cx, cy, "o", ms=3.5, mec="white", mew=0.6, color=class_color(owner))
         if box_outline:
-            ax.add_patch(plt_rectangle(box, class_color(owner), ":", width=0.8))
+            _draw_rectangle(ax, box, class_color(owner), linestyle=":", linewidth=0.8)
     ax.set_xlim(0, array.shape[1]), ax.set_ylim(array.shape[0], 0)
     if title is not None:
         ax.set_title(title, fontsize=8)
     return ax
-
-
-def plt_rectangle(box, color, style: str = "-", width: float = 1.5):
-    """A matplotlib rectangle patch of an xyxy box."""
-    from matplotlib.patches import Rectangle
-
-    x0, y0, x1, y1 = box
-    return Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=color, linestyle=style,
-                     linewidth=width)  # fmt: skip

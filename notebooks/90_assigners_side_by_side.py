@@ -70,6 +70,7 @@ from detutils.data.shapes import CLASS_NAMES, render_scene
 from detutils.models import build_detector
 from detutils.positives import (
     draw_positives,
+    level_order,
     positives_of,
     positives_summary,
     positives_table,
@@ -226,9 +227,7 @@ def level_grid(records, image_array, boxes, names):
                              squeeze=False)  # fmt: skip
     for row, name in zip(axes, names, strict=True):
         record = records[name]
-        order = sorted(range(len(record.levels)),
-                       key=lambda i: int(record.levels[i].split()[-1]) if
-                       record.levels[i].startswith("stride") else 10**6)  # fmt: skip
+        order = sorted(range(len(record.levels)), key=lambda i: level_order(record.levels[i]))
         for ax, level in zip(row, order, strict=False):
             count = int((record.level == level).sum())
             draw_positives(ax, image_array, boxes, record, level=level,
