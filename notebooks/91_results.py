@@ -86,13 +86,13 @@ print("not measured yet:", ", ".join(missing) or "none")
 #
 # Per detector: its `cpu` preset, parameters (at the shapes set's six classes), the
 # schedule's image size and images per step, the mean time of a training step
-# (data loading included, float32, on the CPU named below), and the COCO metrics of
-# the network after the last step.
+# (data loading included, float32, on the CPU named below) and that time per image of
+# the batch, and the COCO metrics of the network after the last step.
 
 
 # %%
 COLUMNS = ["detector", "preset", "parameters", "img px", "images / step", "steps",
-           "s / step", "AP50", "AP", "AP75", "APs", "APl"]  # fmt: skip
+           "s / step", "ms / image", "AP50", "AP", "AP75", "APs", "APl"]  # fmt: skip
 
 
 def results_table(records):
@@ -103,7 +103,9 @@ def results_table(records):
             "detector": DETECTORS[preset], "preset": preset,
             "parameters": record["parameters"], "img px": record["img_size"],
             "images / step": record["batch_size"], "steps": record["steps"],
-            "s / step": record["s_per_step"], "AP50": last["AP50"], "AP": last["AP"],
+            "s / step": record["s_per_step"],
+            "ms / image": 1000 * record["s_per_step"] / record["batch_size"],
+            "AP50": last["AP50"], "AP": last["AP"],
             "AP75": last["AP75"], "APs": last["APs"], "APl": last["APl"],
         })  # fmt: skip
     return pd.DataFrame(rows, columns=COLUMNS).set_index("detector")
@@ -116,12 +118,16 @@ significant(table, 3)
 # Where and how the runs were measured. A step's time depends on the CPU, on the
 # threads and on what else the machine was doing; AP after a number of steps does not,
 # up to the last bits of float32. A run that had the cores to itself shows a load while
-# training near its thread count and about as many CPU seconds per second; a higher
-# load, or fewer CPU seconds per second, means other work shared the cores and the
-# step time is longer than the machine's own (the first records have no such figures,
-# shown as NaN). The records stored with the course now were made while other jobs
-# shared the two cores: read their AP, not their step times, and re-run the benchmark on
-# a quiet machine for step times to compare.
+# training near its thread count; a higher load means other work shared the cores and
+# the step time is longer than the machine's own. CPU seconds per second of training
+# near the thread count say both threads were busy; lower, that other work took turns
+# with the run, or that parts of its step ran on one thread (the load tells which).
+#
+# The records stored with the course were made one detector after another on one
+# 2-core machine with nothing else running. Each detector had been run once before on
+# the same machine while other jobs shared its cores: its steps then took up to 6.4
+# times as long, and every AP figure came out the same to the last digit. Steps, not
+# minutes, decide what a network learns.
 
 # %%
 machines = pd.DataFrame({
@@ -180,14 +186,20 @@ significant(curves, 3)
 # - **The dense one-stage detectors with a pre-trained backbone** (ATSS) and the
 #   two-stage Faster R-CNN learn fastest per step on these shapes: a good backbone and
 #   many positives per box (notebook 90) give every step a strong signal.
-# - **The DETRs** learn slowest (notebooks 63 and 72 show their curves from their own
-#   runs; the table holds them once their records are made): one positive query per box
-#   and a set loss that first has to sort out which query takes which box (notebooks 61
-#   and 62). Co-DETR's auxiliary heads hand the encoder many more positives (notebook
-#   70); on a budget this short, notebook 72 shows where that helps and where it does
-#   not yet.
+# - **The DETRs** learn slowest: one positive query per box and a set loss that first
+#   has to sort out which query takes which box (notebooks 61 and 62). In the stored
+#   records, after 4000 images (500 steps of 8) they stand below where ATSS and Faster
+#   R-CNN stood after 1600 (100 steps of 16). Co-DETR's auxiliary heads hand the encoder
+#   many more positives (notebook 70); on a budget this short it ends a little below
+#   Deformable DETR in AP50 and above it in AP, for the reasons notebook 72 measures
+#   (better placed boxes, more duplicates).
 # - **YOLOv3-tiny, NanoDet-m and YOLOv8n** start from random weights, as their
 #   references do: they begin slowly and then climb.
+# - **Cost.** `ms / image` sets the step times of the two batch sizes side by side:
+#   in the stored records the dense detectors spend 40 to 62 ms per image, Faster R-CNN
+#   about 100 ms, Deformable DETR 230 ms (three encoder and three decoder layers, the
+#   encoder over all 2125 positions of four levels at 320 px) and Co-DETR 390 ms (its
+#   auxiliary heads and query groups on top).
 #
 # ## 3. The references' published figures
 #
