@@ -124,8 +124,8 @@ significant(table, 3)
 # with the run, or that parts of its step ran on one thread (the load tells which).
 #
 # The records stored with the course were made one detector after another on one
-# 2-core machine with nothing else running. Each detector had been run once before on
-# the same machine while other jobs shared its cores: its steps then took up to 6.4
+# 2-core machine with nothing else running. Five of them had been run once before on
+# the same machine while other jobs shared its cores: their steps then took 1.7 to 6.4
 # times as long, and every AP figure came out the same to the last digit. Steps, not
 # minutes, decide what a network learns.
 
